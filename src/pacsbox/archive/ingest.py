@@ -1,0 +1,341 @@
+"""The one ingest path (DESIGN.md): C-STORE, STOW-RS, import and upload all end here.
+
+For each instance: read the header up to Pixel Data → apply the duplicate and patient-ID
+policies → write the bytes durably (storage.py) → index them in one transaction → tell the
+subscribers. Only then may the caller acknowledge (SPEC A3, R1).
+
+Refusals carry the C-STORE status of PS3.4 §B.2.3 / the reference statement (SPEC A5), so the
+DIMSE layer only copies them into the response and STOW-RS maps them to HTTP.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from pacsbox.archive.header import (
+    HeaderError,
+    InstanceHeader,
+    read_header_bytes,
+    read_part10,
+)
+from pacsbox.archive.index import writer
+from pacsbox.archive.index.db import write_connection
+from pacsbox.archive.storage import FilesystemStore, InvalidUID, check_uid, encode_file_meta
+
+log = logging.getLogger("pacsbox.ingest")
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
+class IngestRefused(Exception):
+    """The instance was not stored; ``status`` is the C-STORE status to answer with."""
+
+    status = 0xC000
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class OutOfResources(IngestRefused):
+    """A700: cannot create the local file (disk full, permissions)."""
+
+    status = 0xA700
+
+
+class DatabaseUnavailable(IngestRefused):
+    """A701: cannot access the index database."""
+
+    status = 0xA701
+
+
+class OutOfMemory(IngestRefused):
+    """A702: memory allocation failed."""
+
+    status = 0xA702
+
+
+class PatientIDConflict(IngestRefused):
+    """A703: the study is already filed under another Patient ID (policy ``reject``)."""
+
+    status = 0xA703
+
+
+class DataSetMismatch(IngestRefused):
+    """A900: the data set does not match the SOP class / the command's identification."""
+
+    status = 0xA900
+
+
+class CannotUnderstand(IngestRefused):
+    """C000: the data set cannot be parsed or carries values that are not UIDs."""
+
+    status = 0xC000
+
+
+class DuplicateRejected(IngestRefused):
+    """0111 (Duplicate SOP Instance, PS3.7 §C.4): policy ``reject`` and the UID is stored."""
+
+    status = 0x0111
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """What ingest did with one instance; passed to subscribers ("instance stored" event)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    patient_id: str
+    transfer_syntax_uid: str
+    key: str
+    size: int
+    source_ae: str
+    outcome: str  # "stored" | "replaced" | "kept"
+    new_study: bool = False
+    new_series: bool = False
+
+
+Subscriber = Callable[[StoredInstance], None]
+
+
+class Ingest:
+    """Stores and indexes instances. Thread-safe; one per process."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: FilesystemStore,
+        *,
+        storage_format: str = "part10",
+        duplicate_policy: str = "replace",
+        patient_id_conflict: str = "accept",
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.storage_format = storage_format
+        self.duplicate_policy = duplicate_policy
+        self.patient_id_conflict = patient_id_conflict
+        self.subscribers: list[Subscriber] = []
+
+    # -- entry points -------------------------------------------------------------------
+    def store_dataset(
+        self,
+        dataset: bytes | memoryview,
+        transfer_syntax_uid: str,
+        *,
+        sop_class_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        source_ae: str = "",
+    ) -> StoredInstance:
+        """Store a data set as received on the wire (no file meta) in ``transfer_syntax_uid``.
+
+        ``sop_class_uid``/``sop_instance_uid`` are the command's Affected SOP Class/Instance
+        UIDs (PS3.7 §9.1.1); the data set must agree with them.
+        """
+        try:
+            hdr = read_header_bytes(dataset, transfer_syntax_uid)
+        except HeaderError as exc:
+            raise CannotUnderstand(str(exc)) from exc
+        except MemoryError as exc:
+            raise OutOfMemory("memory allocation failed while reading the data set") from exc
+        self._validate(hdr, sop_class_uid, sop_instance_uid)
+
+        def write(key: str) -> int:
+            chunks: list[bytes | memoryview] = []
+            if self.storage_format == "part10":
+                chunks.append(
+                    encode_file_meta(
+                        hdr.sop_class_uid, hdr.sop_instance_uid, transfer_syntax_uid, source_ae
+                    )
+                )
+            chunks.append(dataset)
+            return self.store.put(key, chunks).size
+
+        return self._store(hdr, transfer_syntax_uid, source_ae, write, self.storage_format)
+
+    def store_file(self, path: Path, *, source_ae: str = "", link: bool = False) -> StoredInstance:
+        """Store (copy) or index in place (``link``) a DICOM file: Part-10 or a bare data set."""
+        try:
+            info = read_part10(path)
+        except HeaderError as exc:
+            raise CannotUnderstand(f"{path}: {exc}") from exc
+        hdr = info.header
+        if hdr.sop_class_uid == MEDIA_STORAGE_DIRECTORY:
+            raise CannotUnderstand(f"{path}: a DICOMDIR is a directory, not an instance")
+        self._validate(hdr, None, None)
+        ts = info.transfer_syntax_uid
+        if link:
+            absolute = str(Path(path).resolve())
+            return self._store(
+                hdr,
+                ts,
+                source_ae,
+                lambda _key: os.stat(absolute).st_size,
+                "part10" if info.has_meta else "native",
+                linked_path=absolute,
+            )
+
+        def write(key: str) -> int:
+            header = b""
+            if self.storage_format == "part10":
+                header = encode_file_meta(hdr.sop_class_uid, hdr.sop_instance_uid, ts, source_ae)
+            return self.store.put_file(key, path, header, info.dataset_offset).size
+
+        return self._store(hdr, ts, source_ae, write, self.storage_format)
+
+    # -- the shared path ----------------------------------------------------------------
+    @staticmethod
+    def _validate(hdr: InstanceHeader, sop_class: str | None, sop_instance: str | None) -> None:
+        for value, what in (
+            (hdr.sop_class_uid, "SOP Class UID (0008,0016)"),
+            (hdr.sop_instance_uid, "SOP Instance UID (0008,0018)"),
+            (hdr.study_instance_uid, "Study Instance UID (0020,000D)"),
+            (hdr.series_instance_uid, "Series Instance UID (0020,000E)"),
+        ):
+            if not value:
+                raise DataSetMismatch(f"{what} is missing from the data set")
+            try:
+                check_uid(value, what)
+            except InvalidUID as exc:
+                raise CannotUnderstand(str(exc)) from exc
+        if sop_class and sop_class != hdr.sop_class_uid:
+            raise DataSetMismatch(
+                f"SOP Class UID {hdr.sop_class_uid} in the data set differs from the "
+                f"command's Affected SOP Class UID {sop_class}"
+            )
+        if sop_instance and sop_instance != hdr.sop_instance_uid:
+            raise DataSetMismatch(
+                f"SOP Instance UID {hdr.sop_instance_uid} in the data set differs from the "
+                f"command's Affected SOP Instance UID {sop_instance}"
+            )
+
+    def _store(
+        self,
+        hdr: InstanceHeader,
+        ts: str,
+        source_ae: str,
+        write: Callable[[str], int],
+        storage_format: str,
+        linked_path: str | None = None,
+    ) -> StoredInstance:
+        uid = hdr.sop_instance_uid
+        try:
+            with self.engine.connect() as conn:
+                existing = writer.find_instance(conn, uid)
+                owner = writer.study_owner(conn, hdr.study_instance_uid)
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(f"index database unavailable: {_db_reason(exc)}") from exc
+
+        if existing is not None:
+            if self.duplicate_policy == "reject":
+                raise DuplicateRejected(f"SOP Instance {uid} is already stored")
+            if self.duplicate_policy == "keep":
+                log.info("duplicate %s kept (policy keep)", uid)
+                return self._result(
+                    hdr, ts, existing.file_path, existing.file_size, source_ae, "kept"
+                )
+        pid = (hdr.patient["patient_id"], hdr.patient["issuer_of_patient_id"])
+        if owner is not None and (owner.patient_id, owner.issuer_of_patient_id) != pid:
+            message = (
+                f"study {hdr.study_instance_uid} is filed under Patient ID "
+                f"{owner.patient_id!r}, the instance says {pid[0]!r}"
+            )
+            if self.patient_id_conflict == "reject":
+                raise PatientIDConflict(message)
+            log.warning("patient ID conflict accepted: %s", message)
+
+        key = linked_path or self.store.key_for(
+            hdr.study_instance_uid, hdr.series_instance_uid, uid
+        )
+        try:
+            size = write(key)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OutOfResources(f"disk full, unable to create local file: {exc}") from exc
+            raise OutOfResources(f"unable to create local file: {exc.strerror or exc}") from exc
+        except MemoryError as exc:
+            raise OutOfMemory("memory allocation failed while writing") from exc
+
+        try:
+            with write_connection(self.engine) as conn, conn.begin():
+                # Re-read under the write lock: another association may have stored it meanwhile.
+                current = writer.find_instance(conn, uid) if existing is None else existing
+                if current is not None and existing is None and self.duplicate_policy == "reject":
+                    raise DuplicateRejected(f"SOP Instance {uid} is already stored")
+                row = writer.record_instance(
+                    conn,
+                    hdr,
+                    transfer_syntax_uid=ts,
+                    file_path=key,
+                    file_size=size,
+                    storage_format=storage_format,
+                    linked=linked_path is not None,
+                    source_ae=source_ae,
+                    replace_id=current.id if current is not None else None,
+                )
+        except SQLAlchemyError as exc:
+            if existing is None and linked_path is None:
+                self.store.delete(key)  # not indexed and not acknowledged: leave no orphan
+            raise DatabaseUnavailable(f"index database unavailable: {_db_reason(exc)}") from exc
+
+        old = current if current is not None else None
+        if old is not None and not old.linked and old.file_path != key:
+            self.store.delete(old.file_path)
+        result = self._result(
+            hdr,
+            ts,
+            key,
+            size,
+            source_ae,
+            "replaced" if old is not None else "stored",
+            row.new_study,
+            row.new_series,
+        )
+        for subscriber in self.subscribers:
+            try:
+                subscriber(result)
+            except Exception:  # a subscriber never fails an acknowledged store
+                log.exception("instance-stored subscriber failed for %s", uid)
+        return result
+
+    @staticmethod
+    def _result(
+        hdr: InstanceHeader,
+        ts: str,
+        key: str,
+        size: int,
+        source_ae: str,
+        outcome: str,
+        new_study: bool = False,
+        new_series: bool = False,
+    ) -> StoredInstance:
+        return StoredInstance(
+            sop_class_uid=hdr.sop_class_uid,
+            sop_instance_uid=hdr.sop_instance_uid,
+            series_instance_uid=hdr.series_instance_uid,
+            study_instance_uid=hdr.study_instance_uid,
+            patient_id=hdr.patient.get("patient_id", ""),
+            transfer_syntax_uid=ts,
+            key=key,
+            size=size,
+            source_ae=source_ae,
+            outcome=outcome,
+            new_study=new_study,
+            new_series=new_series,
+        )
+
+
+def _db_reason(exc: SQLAlchemyError) -> str:
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return str(exc.orig).splitlines()[0][:200]
+    return str(exc).splitlines()[0][:200]

@@ -1,0 +1,326 @@
+"""The ``pacsbox`` command line: serve, init, ae, import, check, echo, stats.
+
+Every subcommand takes ``--config FILE`` (else ``$PACSBOX_CONFIG``, else ./pacsbox.toml), so
+operators and scripts act on the same database and data folder as the running archive.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from pacsbox import __version__
+from pacsbox.settings import Settings, SettingsError, config_path, load_settings
+
+app = typer.Typer(
+    help="pacsbox — a complete PACS in one package.", no_args_is_help=True, add_completion=False
+)
+ae_app = typer.Typer(help="The AE registry: remote DICOM nodes allowed to talk to pacsbox.")
+app.add_typer(ae_app, name="ae")
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Settings file (default $PACSBOX_CONFIG or ./pacsbox.toml)"
+    ),
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except SettingsError as exc:
+        err.print(f"[red]pacsbox: {exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+def _archive(config: Path | None):  # noqa: ANN202 - returns app.Archive
+    from pacsbox.app import build_archive
+
+    settings = _settings(config)
+    try:
+        return build_archive(settings)
+    except Exception as exc:
+        err.print(f"[red]pacsbox: cannot open the archive index: {exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(f"pacsbox {__version__}")
+
+
+@app.command()
+def init(config: ConfigOpt = None) -> None:
+    """Create the settings file with defaults (if missing), the data folder and the index."""
+    from pacsbox.settings import write_default_config
+
+    path = config_path(config)
+    if write_default_config(path):
+        console.print(f"created {path} with default settings")
+    archive = _archive(path)
+    console.print(f"index ready: {archive.settings.masked()['database_url']}")
+
+
+@app.command()
+def serve(config: ConfigOpt = None) -> None:
+    """Run the archive: DICOM (and TLS) listeners with worker processes."""
+    from pacsbox.app import serve as run_serve
+
+    settings = _settings(config)
+    raise typer.Exit(run_serve(settings))
+
+
+# -- AE registry --------------------------------------------------------------------------
+def _registry(config: Path | None):  # noqa: ANN202
+    return _archive(config).registry
+
+
+@ae_app.command("add")
+def ae_add(
+    title: str,
+    host: Annotated[str, typer.Option(help="Host name or IP address of the node")],
+    port: Annotated[int, typer.Option(help="Its DICOM port")],
+    disabled: Annotated[bool, typer.Option("--disabled", help="Register but refuse it")] = False,
+    description: Annotated[str, typer.Option(help="Free text")] = "",
+    tls: Annotated[bool, typer.Option("--tls", help="Connect to it with DICOM TLS")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Register a remote AE."""
+    from pacsbox.archive.registry import AEEntry, RegistryError
+
+    try:
+        entry = _registry(config).add(
+            AEEntry(
+                ae_title=title,
+                host=host,
+                port=port,
+                enabled=not disabled,
+                description=description,
+                tls=tls,
+            )
+        )
+    except RegistryError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"added {entry.ae_title} {entry.host}:{entry.port}")
+
+
+@ae_app.command("edit")
+def ae_edit(
+    title: str,
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+    enabled: Annotated[bool | None, typer.Option("--enabled/--disabled")] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    tls: Annotated[bool | None, typer.Option("--tls/--no-tls")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Change a registered AE."""
+    from pacsbox.archive.registry import RegistryError
+
+    try:
+        entry = _registry(config).edit(
+            title, host=host, port=port, enabled=enabled, description=description, tls=tls
+        )
+    except RegistryError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"{entry.ae_title} {entry.host}:{entry.port} enabled={entry.enabled}")
+
+
+@ae_app.command("remove")
+def ae_remove(title: str, config: ConfigOpt = None) -> None:
+    """Remove a registered AE."""
+    from pacsbox.archive.registry import RegistryError
+
+    try:
+        _registry(config).remove(title)
+    except RegistryError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"removed {title}")
+
+
+@ae_app.command("list")
+def ae_list(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """List registered AEs."""
+    entries = _registry(config).list()
+    if as_json:
+        print(json.dumps([e.as_dict() for e in entries], default=str, indent=2))
+        return
+    table = Table("AE title", "host", "port", "enabled", "TLS", "description", "last seen")
+    for e in entries:
+        table.add_row(
+            e.ae_title,
+            e.host,
+            str(e.port),
+            "yes" if e.enabled else "no",
+            "yes" if e.tls else "",
+            e.description,
+            e.last_seen_at.isoformat(" ", "seconds") if e.last_seen_at else "",
+        )
+    console.print(table)
+
+
+# -- import / check / stats / echo --------------------------------------------------------
+@app.command("import")
+def import_(
+    paths: Annotated[list[Path], typer.Argument(help="Files, folders (recursive) or DICOMDIRs")],
+    link: Annotated[bool, typer.Option("--link", help="Index files in place, do not copy")] = False,
+    errors_to: Annotated[
+        Path | None, typer.Option("--errors-to", help="Copy files that fail into this folder")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Import DICOM files into the archive through the same path as C-STORE."""
+    from pacsbox.archive.importer import collect, import_paths
+
+    archive = _archive(config)
+    for p in paths:
+        if not p.exists():
+            err.print(f"[red]{p} does not exist[/red]")
+            raise typer.Exit(2)
+    files = list(collect(paths))
+    columns = (
+        TextColumn("[bold]import"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as progress:
+        task = progress.add_task("import", total=len(files), failed=0)
+        failed = 0
+
+        def step(_path: Path, outcome: str) -> None:
+            nonlocal failed
+            failed += outcome == "failed"
+            progress.update(task, advance=1, failed=failed)
+
+        report = import_paths(archive.ingest, files, link=link, errors_to=errors_to, progress=step)
+    console.print(
+        f"{report.stored} stored, {report.replaced} replaced, {report.kept} kept (duplicates), "
+        f"{len(report.failed)} failed, {report.bytes / 1e6:.1f} MB"
+    )
+    if report.failed:
+        table = Table("failed file", "reason")
+        for path, reason in report.failed:
+            table.add_row(path, reason)
+        console.print(table)
+        if errors_to:
+            console.print(f"copies of the failed files are in {errors_to}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def check(
+    repair: Annotated[bool, typer.Option("--repair", help="Fix what is found")] = False,
+    grace: Annotated[float, typer.Option(help="Ignore files younger than this (s)")] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Compare the index with the stored files; exit 1 when they disagree."""
+    from pacsbox.archive.check import check as run_check
+
+    archive = _archive(config)
+    quarantine = Path(archive.settings.data_dir) / "quarantine"
+    report = run_check(archive.ingest, repair=repair, grace=grace, quarantine=quarantine)
+    summary = {
+        "instances": report.instances,
+        "files": report.files,
+        "missing_files": len(report.missing),
+        "size_mismatches": len(report.size_mismatch),
+        "orphan_files": len(report.orphans),
+        "temp_files": len(report.temp_files),
+        "repaired": report.repaired,
+        "unrepaired": len(report.unrepaired),
+    }
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    **summary,
+                    "missing": report.missing,
+                    "orphans": report.orphans,
+                    "unrepaired_reasons": report.unrepaired,
+                },
+                indent=2,
+            )
+        )
+    else:
+        for key, value in summary.items():
+            console.print(f"{key:16} {value}")
+        for key in report.missing[:20]:
+            console.print(f"  missing: {key}")
+        for key in report.orphans[:20]:
+            console.print(f"  orphan:  {key}")
+        for path, reason in report.unrepaired[:20]:
+            console.print(f"  not repaired: {path}: {reason}")
+    ok = report.problems == 0 or (repair and report.consistent_after)
+    console.print("consistent" if report.problems == 0 else ("repaired" if ok else "INCONSISTENT"))
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def stats(config: ConfigOpt = None) -> None:
+    """Counts of patients, studies, series and instances."""
+    from pacsbox.archive.index.writer import counts
+
+    print(json.dumps(counts(_archive(config).engine)))
+
+
+@app.command()
+def echo(
+    target: Annotated[str, typer.Argument(help="A registered AE title, or AE@HOST:PORT")],
+    calling: Annotated[str | None, typer.Option(help="Calling AE title")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """C-ECHO a remote AE (SPEC D1)."""
+    from pacsbox.dicom.scu import SCUError
+    from pacsbox.dicom.scu import echo as c_echo
+
+    settings = _settings(config)
+    if "@" in target:
+        title, _, hostport = target.partition("@")
+        host, _, port_text = hostport.rpartition(":")
+        port = int(port_text)
+    else:
+        entry = _archive(config).registry.get(target)
+        if entry is None:
+            err.print(f"[red]{target} is not registered[/red]")
+            raise typer.Exit(2)
+        title, host, port = entry.ae_title, entry.host, entry.port
+    try:
+        status = c_echo(host, port, title, calling or settings.ae_title)
+    except SCUError as exc:
+        err.print(f"[red]echo {title}@{host}:{port} failed: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(
+        f"echo {title}@{host}:{port}: status {status:#06x}" + (" (success)" if status == 0 else "")
+    )
+    raise typer.Exit(0 if status == 0 else 1)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""DICOM SCU operations: C-ECHO (PS3.7 §9.1.5) and C-STORE of files (PS3.7 §9.1.1).
+
+Used by ``pacsbox echo`` (SPEC D1) and by ``sendtopacs send`` (SPEC S3: DICOM files sent as
+they are). Every socket we open gets TCP_NODELAY.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import Verification
+
+from pacsbox import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+
+class SCUError(Exception):
+    """The remote AE could not be reached or refused the association."""
+
+
+@dataclass
+class SendReport:
+    sent: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _ae(calling: str) -> AE:
+    ae = AE(ae_title=calling)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.maximum_pdu_size = 1_048_576
+    return ae
+
+
+def _nodelay(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _associate(
+    ae: AE, host: str, port: int, called: str, tls: ssl.SSLContext | None, contexts: list
+) -> object:
+    ae.requested_contexts = contexts
+    tls_args = (tls, host) if tls is not None else None
+    assoc = ae.associate(host, port, ae_title=called, tls_args=tls_args)
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            raise SCUError(f"{called}@{host}:{port} rejected the association")
+        raise SCUError(f"{called}@{host}:{port} did not accept an association")
+    if assoc.dul.socket and assoc.dul.socket.socket:
+        _nodelay(assoc.dul.socket.socket)
+    return assoc
+
+
+def echo(
+    host: str, port: int, called: str, calling: str = "PACSBOX", tls: ssl.SSLContext | None = None
+) -> int:
+    """C-ECHO; returns the status (0 = success), raises SCUError when unreachable."""
+    ae = _ae(calling)
+    assoc = _associate(ae, host, port, called, tls, [build_context(Verification)])
+    try:
+        rsp = assoc.send_c_echo()  # type: ignore[attr-defined]
+        if "Status" not in rsp:
+            raise SCUError("no C-ECHO response (timeout or abort)")
+        return int(rsp.Status)
+    finally:
+        assoc.release()  # type: ignore[attr-defined]
+
+
+def send_files(
+    paths: Sequence[Path],
+    host: str,
+    port: int,
+    called: str,
+    calling: str = "SENDTOPACS",
+    tls: ssl.SSLContext | None = None,
+    progress: Callable[[Path, int | None], None] | None = None,
+) -> SendReport:
+    """C-STORE each file as it is (its own SOP class and transfer syntax) on one association."""
+    report = SendReport()
+    metas: list[tuple[Path, str, str]] = []
+    for path in paths:
+        try:
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+            ts = str(ds.file_meta.TransferSyntaxUID)
+            metas.append((path, str(ds.SOPClassUID), ts))
+        except Exception as exc:
+            report.failed.append((str(path), f"not a DICOM file: {exc}"))
+    pairs: dict[str, set[str]] = {}
+    for _, sop_class, ts in metas:
+        pairs.setdefault(sop_class, set()).add(ts)
+    contexts = [build_context(sc, sorted(tss)) for sc, tss in _limit(pairs.items())]
+    if not metas:
+        return report
+    ae = _ae(calling)
+    assoc = _associate(ae, host, port, called, tls, contexts)
+    try:
+        for path, _sc, _ts in metas:
+            try:
+                rsp = assoc.send_c_store(path)  # type: ignore[attr-defined]
+                code = int(rsp.Status) if "Status" in rsp else None
+            except Exception as exc:
+                report.failed.append((str(path), str(exc)))
+                code = None
+            else:
+                if code == 0 or (code is not None and code & 0xF000 == 0xB000):
+                    report.sent.append(str(path))
+                else:
+                    comment = str(rsp.get("ErrorComment", "")) if code is not None else "timeout"
+                    report.failed.append(
+                        (
+                            str(path),
+                            f"status {code:#06x} {comment}".strip()
+                            if code is not None
+                            else "no response",
+                        )
+                    )
+            if progress:
+                progress(path, code)
+    finally:
+        assoc.release()  # type: ignore[attr-defined]
+    return report
+
+
+def _limit(items: Iterable[tuple[str, set[str]]]) -> list[tuple[str, set[str]]]:
+    items = list(items)
+    if len(items) > 128:  # PS3.8: at most 128 presentation contexts per association
+        raise SCUError("more than 128 SOP classes in one send; split the files")
+    return items

@@ -1,0 +1,235 @@
+"""The DICOM listeners: one pynetdicom AE per worker process on shared listening sockets.
+
+Association acceptance (PS3.8 §9.3.2–9.3.4): the calling AE title is checked against the AE
+registry (SPEC A6) and rejected with A-ASSOCIATE-RJ "calling-AE-title-not-recognized" when
+unknown or disabled; presentation contexts are chosen per association (contexts.py). DICOM TLS
+(PS3.15 Annex B.1, SPEC A8) is a second listening socket served by the same workers.
+
+Throughput (SPEC A7, PERF): the parent process binds the sockets and every worker accepts from
+the same sockets, so associations spread over cores without a global ingest lock; every
+accepted socket gets TCP_NODELAY (each PDU goes out in one write, nothing waits for Nagle).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+import ssl
+import threading
+from pathlib import Path
+from typing import Any
+
+import pynetdicom
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+
+from pacsbox import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacsbox.archive.ingest import Ingest
+from pacsbox.archive.registry import AERegistry
+from pacsbox.dicom.contexts import contexts_for_request, default_contexts
+from pacsbox.dicom.scp.storage import StorageSCP, handle_echo
+from pacsbox.settings import Settings
+
+log = logging.getLogger("pacsbox.dicom")
+
+# pynetdicom's default per-PDU log handlers run even at WARNING and one copies every data set
+# (notes/dicom-toolkit.md); we log one line per association and per instance ourselves.
+pynetdicom._config.LOG_HANDLER_LEVEL = "none"
+
+
+def bind_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
+    """Bind and listen; the socket is shared by all workers (non-blocking accept)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    sock.set_inheritable(True)
+    return sock
+
+
+class SharedSocketServer(ThreadedAssociationServer):
+    """A pynetdicom association server that accepts from an already listening socket.
+
+    Several worker processes hold the same socket; a worker that loses the race for a
+    connection gets EAGAIN, which socketserver treats as "no request".
+    """
+
+    shared_socket: socket.socket | None = None
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        assert self.shared_socket is not None
+        self.socket.close()
+        self.socket = self.shared_socket
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        pass  # already listening
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        client, address = self.socket.accept()  # BlockingIOError when another worker won
+        client.setblocking(True)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if self.ssl_context:
+            client.settimeout(self.ae.acse_timeout)
+            try:
+                client = self.ssl_context.wrap_socket(client, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                log.warning("TLS handshake with %s failed: %s", address, exc)
+                client.close()
+                raise OSError("TLS handshake failed") from exc
+            client.settimeout(None)
+        return client, address
+
+    def server_close(self) -> None:
+        pass  # the socket belongs to the parent; it closes it
+
+    def shutdown(self) -> None:
+        socketserver.BaseServer.shutdown(self)  # the AE never listed us in its own servers
+
+
+def _server_class(sock: socket.socket) -> type[SharedSocketServer]:
+    return type("BoundSharedSocketServer", (SharedSocketServer,), {"shared_socket": sock})
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """Server TLS context (PS3.15 B.1): TLS 1.2+, client certificates required if tls_ca."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    if settings.tls_ca:
+        ctx.load_verify_locations(str(settings.tls_ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class DicomService:
+    """The DICOM side of one worker process: access control, logging, SCP handlers."""
+
+    def __init__(
+        self, settings: Settings, ingest: Ingest, registry: AERegistry, workers: int = 1
+    ) -> None:
+        self.settings = settings
+        self.ingest = ingest
+        self.registry = registry
+        self.storage = StorageSCP(ingest)
+        self.ae = AE(ae_title=settings.ae_title)
+        self.ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        self.ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+        self.ae.maximum_pdu_size = settings.max_pdu_size
+        self.ae.acse_timeout = settings.acse_timeout
+        self.ae.dimse_timeout = settings.dimse_timeout
+        self.ae.network_timeout = settings.network_timeout
+        self.ae.maximum_associations = max(1, -(-settings.max_associations // workers))
+        self.ae.supported_contexts = default_contexts()
+        self.servers: list[ThreadedAssociationServer] = []
+
+    # -- event handlers -----------------------------------------------------------------
+    def on_requested(self, event: Event) -> None:
+        """A-ASSOCIATE-RQ received: access control and per-association contexts."""
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        calling = (primitive.calling_ae_title or "").strip()
+        called = (primitive.called_ae_title or "").strip()
+        host = assoc.requestor.address
+        try:
+            decision = self.registry.check_calling(
+                calling,
+                host,
+                permissive=self.settings.permissive_aes,
+                permissive_enabled=self.settings.permissive_aes_enabled,
+            )
+        except Exception:
+            log.exception("AE registry unavailable; rejecting %s (transient)", calling)
+            assoc.acse.send_reject(0x02, 0x01, 0x01)  # rejected-transient, no reason given
+            assoc.kill()
+            return
+        if not decision.accepted:
+            log.warning(
+                "rejected association from %s:%s calling=%s called=%s: %s",
+                host,
+                assoc.requestor.port,
+                calling,
+                called,
+                decision.reason,
+            )
+            assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, calling AE not recognized
+            assoc.kill()
+            return
+        if decision.registered:
+            log.info("auto-registered calling AE %s from %s (permissive)", calling, host)
+        assoc.acceptor.supported_contexts = contexts_for_request(
+            primitive.presentation_context_definition_list,
+            self.settings.preferred_transfer_syntax,
+        )
+
+    def on_established(self, event: Event) -> None:
+        assoc = event.assoc
+        accepted = assoc.accepted_contexts
+        summary = ", ".join(
+            f"{cx.abstract_syntax.name}/{cx.transfer_syntax[0].name}" for cx in accepted[:8]
+        )
+        if len(accepted) > 8:
+            summary += f", +{len(accepted) - 8} more"
+        log.info(
+            "association from %s:%s calling=%s called=%s accepted %d/%d contexts: %s",
+            assoc.requestor.address,
+            assoc.requestor.port,
+            assoc.requestor.ae_title.strip(),
+            assoc.acceptor.ae_title.strip(),
+            len(accepted),
+            len(accepted) + len(assoc.rejected_contexts),
+            summary,
+        )
+
+    def on_ended(self, event: Event) -> None:
+        assoc = event.assoc
+        how = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        log.info(
+            "association from %s calling=%s %s, %d instances stored",
+            assoc.requestor.address,
+            assoc.requestor.ae_title.strip(),
+            how,
+            getattr(assoc, "pacsbox_stored", 0),
+        )
+
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_ESTABLISHED, self.on_established),
+            (evt.EVT_RELEASED, self.on_ended),
+            (evt.EVT_ABORTED, self.on_ended),
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_C_STORE, self.storage.handle_store),
+        ]
+
+    # -- listening ----------------------------------------------------------------------
+    def serve(self, sock: socket.socket, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Start accepting on ``sock`` in a background thread."""
+        server = self.ae.make_server(
+            sock.getsockname()[:2],
+            evt_handlers=self.handlers(),
+            ssl_context=ssl_context,
+            server_class=_server_class(sock),
+        )
+        self.servers.append(server)
+        name = "TLSAcceptor" if ssl_context else "Acceptor"
+        threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+
+    def shutdown(self) -> None:
+        for server in self.servers:
+            threading.Thread(target=server.shutdown, daemon=True).start()
+        for assoc in list(self.ae.active_associations):
+            assoc.abort()
+
+
+def debug_pdu_logging(enabled: bool, log_dir: Path | None = None) -> None:
+    """``debug = true``: pynetdicom's PDU/DIMSE level logging (SPEC A10)."""
+    if enabled:
+        pynetdicom._config.LOG_HANDLER_LEVEL = "standard"
+        logging.getLogger("pynetdicom").setLevel(logging.DEBUG)

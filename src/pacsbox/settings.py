@@ -1,0 +1,212 @@
+"""Settings (SPEC A10): one TOML file plus ``PACSBOX_<KEY>`` environment variables.
+
+Precedence, highest first: environment variables, the TOML file, the defaults below. The file
+is ``--config FILE``, else ``$PACSBOX_CONFIG``, else ``./pacsbox.toml``. Every setting has a safe
+default, so an absent file means "embedded defaults" (SQLite + ``./data``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_FILE = "pacsbox.toml"
+
+#: Transfer syntaxes accepted on receive (SPEC A2); also the values allowed for
+#: ``preferred_transfer_syntax``.
+_AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 §6.2 AE VR: no backslash
+
+
+class SettingsError(Exception):
+    """A setting has a bad value; the message names the setting and says why."""
+
+
+class Settings(BaseSettings):
+    """Effective pacsbox settings. Field names are the TOML keys and the env-var suffixes."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PACSBOX_", extra="forbid", validate_default=True, case_sensitive=False
+    )
+
+    ae_title: str = "PACSBOX"
+    bind_address: str = "0.0.0.0"
+    dicom_port: int = Field(11112, ge=0, le=65535)
+    dicom_tls_port: int = Field(2762, ge=0, le=65535)
+    http_port: int = Field(8080, ge=0, le=65535)
+    hl7_port: int = Field(2575, ge=0, le=65535)
+    data_dir: Path = Path("./data")
+    backup_dir: Path | None = None
+    log_dir: Path | None = None
+    database_url: str | None = None
+    storage_format: Literal["part10", "native"] = "part10"
+    workers: int = Field(0, ge=0, le=64, description="DICOM worker processes; 0 = one per core")
+    max_associations: int = Field(64, ge=1, le=4096)
+    max_pdu_size: int = Field(1_048_576, ge=0)
+    preferred_transfer_syntax: str | None = None
+    permissive_aes: bool = False
+    permissive_aes_enabled: bool = False
+    duplicate_policy: Literal["replace", "keep", "reject"] = "replace"
+    patient_id_conflict: Literal["accept", "reject"] = "accept"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    debug: bool = False
+    # Time-outs (R4), seconds.
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(60.0, gt=0)
+    network_timeout: float = Field(120.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # env beats the file; the file arrives as init kwargs from load_settings().
+        return (env_settings, init_settings)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        value = value.strip()
+        if not _AE_TITLE_RE.match(value):
+            raise ValueError("must be 1-16 printable ASCII characters without backslash")
+        return value
+
+    @field_validator("preferred_transfer_syntax")
+    @classmethod
+    def _check_ts(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        from pacsbox.dicom.contexts import RECEIVE_TRANSFER_SYNTAXES
+
+        if value not in RECEIVE_TRANSFER_SYNTAXES:
+            raise ValueError(f"{value!r} is not one of the accepted transfer syntax UIDs")
+        return value
+
+    @field_validator("max_pdu_size")
+    @classmethod
+    def _check_pdu(cls, value: int) -> int:
+        if value != 0 and value < 4096:
+            raise ValueError("must be 0 (unlimited) or at least 4096")
+        return value
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        if self.log_dir is None:
+            self.log_dir = self.data_dir / "log"
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be set together")
+        for name in ("tls_cert", "tls_key", "tls_ca"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: file {path} does not exist")
+        if self.database_url in (None, ""):
+            self.database_url = f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
+        return self
+
+    # -- derived values -------------------------------------------------------------------
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
+
+    @property
+    def effective_workers(self) -> int:
+        return self.workers or max(1, os.cpu_count() or 1)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as a dict, secrets (DB password) masked, for display."""
+        out: dict[str, Any] = {}
+        for key in type(self).model_fields:
+            value = getattr(self, key)
+            if key == "database_url" and value:
+                value = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1****@", value)
+            out[key] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Which config file applies: ``--config``, then ``$PACSBOX_CONFIG``, then ./pacsbox.toml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("PACSBOX_CONFIG")
+    return Path(env) if env else Path(DEFAULT_CONFIG_FILE)
+
+
+def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (if present) and the environment; raise SettingsError on bad values.
+
+    Relative paths in the file are taken relative to the file's directory, so a config file
+    means the same thing whatever directory the command is run from.
+    """
+    path = config_path(config)
+    file_values: dict[str, Any] = {}
+    if path.exists():
+        try:
+            with path.open("rb") as fh:
+                file_values = tomllib.load(fh)
+        except (tomllib.TOMLDecodeError, OSError) as exc:
+            raise SettingsError(f"cannot read config file {path}: {exc}") from exc
+        base = path.resolve().parent
+        for key in ("data_dir", "backup_dir", "log_dir", "tls_cert", "tls_key", "tls_ca"):
+            if isinstance(file_values.get(key), str) and not os.path.isabs(file_values[key]):
+                file_values[key] = str(base / file_values[key])
+    elif config is not None or os.environ.get("PACSBOX_CONFIG"):
+        raise SettingsError(f"config file {path} does not exist")
+    file_values.update(overrides)
+    try:
+        return Settings(**file_values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "settings"
+            problems.append(f"  {loc}: {err['msg']}")
+        raise SettingsError(f"bad settings (file {path}):\n" + "\n".join(problems)) from exc
+
+
+DEFAULT_CONFIG_TEXT = """\
+# pacsbox settings (SPEC A10). Every key may also be set as an environment variable
+# PACSBOX_<KEY> (e.g. PACSBOX_DICOM_PORT=104), which wins over this file.
+# Relative paths are relative to this file's folder. A port set to 0 is not opened.
+
+ae_title = "PACSBOX"
+bind_address = "0.0.0.0"
+dicom_port = 11112
+dicom_tls_port = 2762          # opened only when tls_cert and tls_key are set
+http_port = 8080
+hl7_port = 2575
+data_dir = "data"
+# backup_dir = "/mnt/backup/pacsbox"   # mirror: every file also written here before success
+# log_dir = "data/log"
+# database_url = "postgresql+psycopg://pacs:secret@db.example/pacs"   # default: SQLite in data_dir
+storage_format = "part10"      # part10 | native
+workers = 0                    # DICOM worker processes; 0 = one per CPU core
+max_associations = 64
+max_pdu_size = 1048576
+# preferred_transfer_syntax = "1.2.840.10008.1.2.4.80"
+permissive_aes = false         # accept unknown calling AE titles and register them
+permissive_aes_enabled = false # whether auto-registered AEs are enabled for later associations
+duplicate_policy = "replace"   # replace | keep | reject
+patient_id_conflict = "accept" # accept | reject (A703)
+# tls_cert = "tls/server.crt"
+# tls_key = "tls/server.key"
+# tls_ca = "tls/ca.crt"         # when set, client certificates are required and verified
+debug = false
+"""
+
+
+def write_default_config(path: Path) -> bool:
+    """Create ``path`` with the documented defaults if it does not exist; True if written."""
+    if path.exists():
+        return False
+    path.write_text(DEFAULT_CONFIG_TEXT, encoding="utf-8")
+    return True
