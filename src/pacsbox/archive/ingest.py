@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from pacsbox.archive.header import (
     HeaderError,
@@ -126,6 +126,9 @@ class Ingest:
         self.duplicate_policy = duplicate_policy
         self.patient_id_conflict = patient_id_conflict
         self.subscribers: list[Subscriber] = []
+        self.parents = writer.ParentCache()
+        #: With the default policies nothing about an existing row changes what we do, so the
+        #: look-up before writing is skipped (it happens under the write lock anyway).
 
     # -- entry points -------------------------------------------------------------------
     def store_dataset(
@@ -229,12 +232,14 @@ class Ingest:
         linked_path: str | None = None,
     ) -> StoredInstance:
         uid = hdr.sop_instance_uid
-        try:
-            with self.engine.connect() as conn:
-                existing = writer.find_instance(conn, uid)
-                owner = writer.study_owner(conn, hdr.study_instance_uid)
-        except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(f"index database unavailable: {_db_reason(exc)}") from exc
+        existing = owner = None
+        if self.duplicate_policy != "replace" or self.patient_id_conflict != "accept":
+            try:
+                with self.engine.connect() as conn:
+                    existing = writer.find_instance(conn, uid)
+                    owner = writer.study_owner(conn, hdr.study_instance_uid)
+            except SQLAlchemyError as exc:
+                raise DatabaseUnavailable(f"index database unavailable: {_db_reason(exc)}") from exc
 
         if existing is not None:
             if self.duplicate_policy == "reject":
@@ -267,22 +272,21 @@ class Ingest:
             raise OutOfMemory("memory allocation failed while writing") from exc
 
         try:
-            with write_connection(self.engine) as conn, conn.begin():
-                # Re-read under the write lock: another association may have stored it meanwhile.
-                current = writer.find_instance(conn, uid) if existing is None else existing
-                if current is not None and existing is None and self.duplicate_policy == "reject":
-                    raise DuplicateRejected(f"SOP Instance {uid} is already stored")
-                row = writer.record_instance(
-                    conn,
-                    hdr,
-                    transfer_syntax_uid=ts,
-                    file_path=key,
-                    file_size=size,
-                    storage_format=storage_format,
-                    linked=linked_path is not None,
-                    source_ae=source_ae,
-                    replace_id=current.id if current is not None else None,
+            row, current = self._index(
+                hdr, ts, key, size, storage_format, linked_path, source_ae, existing
+            )
+        except IntegrityError:
+            # A cached parent row was deleted meanwhile (or a race on a unique key): retry once
+            # with fresh look-ups.
+            self.parents.clear()
+            try:
+                row, current = self._index(
+                    hdr, ts, key, size, storage_format, linked_path, source_ae, existing
                 )
+            except SQLAlchemyError as exc:
+                if existing is None and linked_path is None:
+                    self.store.delete(key)
+                raise DatabaseUnavailable(f"index update failed: {_db_reason(exc)}") from exc
         except SQLAlchemyError as exc:
             if existing is None and linked_path is None:
                 self.store.delete(key)  # not indexed and not acknowledged: leave no orphan
@@ -307,6 +311,38 @@ class Ingest:
             except Exception:  # a subscriber never fails an acknowledged store
                 log.exception("instance-stored subscriber failed for %s", uid)
         return result
+
+    def _index(
+        self,
+        hdr: InstanceHeader,
+        ts: str,
+        key: str,
+        size: int,
+        storage_format: str,
+        linked_path: str | None,
+        source_ae: str,
+        existing: writer.ExistingInstance | None,
+    ) -> tuple[writer.StoredInstanceRow, writer.ExistingInstance | None]:
+        """One write transaction: (re)check for a stored copy under the lock, then index."""
+        uid = hdr.sop_instance_uid
+        with write_connection(self.engine) as conn, conn.begin():
+            current = writer.find_instance(conn, uid) if existing is None else existing
+            if current is not None and existing is None and self.duplicate_policy == "reject":
+                raise DuplicateRejected(f"SOP Instance {uid} is already stored")
+            row = writer.record_instance(
+                conn,
+                hdr,
+                cache=self.parents,
+                transfer_syntax_uid=ts,
+                file_path=key,
+                file_size=size,
+                storage_format=storage_format,
+                linked=linked_path is not None,
+                source_ae=source_ae,
+                replace_id=current.id if current is not None else None,
+            )
+        self.parents.put(hdr.series_instance_uid, row.parents)
+        return row, current
 
     @staticmethod
     def _result(

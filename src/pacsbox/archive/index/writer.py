@@ -32,8 +32,7 @@ def utcnow() -> datetime:
 @dataclass(frozen=True)
 class ExistingInstance:
     id: int
-    series_uid: str
-    study_uid: str
+    series_fk: int
     file_path: str
     file_size: int
     linked: bool
@@ -48,11 +47,18 @@ class StudyOwner:
 
 
 @dataclass(frozen=True)
-class StoredInstanceRow:
-    instance_id: int
+class Parents:
+    """Row ids of an instance's series, study and patient (cached per process)."""
+
     series_id: int
     study_id: int
     patient_id: int
+
+
+@dataclass(frozen=True)
+class StoredInstanceRow:
+    instance_id: int
+    parents: Parents
     new_study: bool
     new_series: bool
     replaced: bool
@@ -62,15 +68,11 @@ def find_instance(conn: Connection, sop_uid: str) -> ExistingInstance | None:
     row = conn.execute(
         select(
             INSTANCE.c.id,
-            SERIES.c.series_instance_uid,
-            STUDY.c.study_instance_uid,
+            INSTANCE.c.series_fk,
             INSTANCE.c.file_path,
             INSTANCE.c.file_size,
             INSTANCE.c.linked,
-        )
-        .join(SERIES, SERIES.c.id == INSTANCE.c.series_fk)
-        .join(STUDY, STUDY.c.id == SERIES.c.study_fk)
-        .where(INSTANCE.c.sop_instance_uid == sop_uid)
+        ).where(INSTANCE.c.sop_instance_uid == sop_uid)
     ).first()
     return ExistingInstance(*row) if row else None
 
@@ -135,10 +137,34 @@ def remove_instance_row(conn: Connection, instance_id: int) -> None:
     )
 
 
+class ParentCache:
+    """Series UID → parent row ids, so the 2nd…nth instance of a series skips 3 look-ups.
+
+    Rows are never re-keyed; if one is deleted (study deletion), the insert fails on its
+    foreign key, the caller clears the cache and retries.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._map: dict[str, Parents] = {}
+
+    def get(self, series_uid: str) -> Parents | None:
+        return self._map.get(series_uid)
+
+    def put(self, series_uid: str, parents: Parents) -> None:
+        if len(self._map) >= self.size:
+            self._map.pop(next(iter(self._map)))
+        self._map[series_uid] = parents
+
+    def clear(self) -> None:
+        self._map.clear()
+
+
 def record_instance(
     conn: Connection,
     hdr: InstanceHeader,
     *,
+    cache: ParentCache | None = None,
     transfer_syntax_uid: str,
     file_path: str,
     file_size: int,
@@ -151,39 +177,12 @@ def record_instance(
     now = utcnow()
     if replace_id is not None:
         remove_instance_row(conn, replace_id)
-
-    patient_values = {**hdr.patient, "created_at": now, "updated_at": now}
-    patient_id, _ = _get_or_create(
-        conn,
-        PATIENT,
-        and_(
-            PATIENT.c.patient_id == hdr.patient["patient_id"],
-            PATIENT.c.issuer_of_patient_id == hdr.patient["issuer_of_patient_id"],
-        ),
-        patient_values,
-    )
-    study_values = {
-        **hdr.study,
-        "study_instance_uid": hdr.study_instance_uid,
-        "patient_fk": patient_id,
-        "source_ae": source_ae,
-        "received_at": now,
-        "updated_at": now,
-    }
-    study_id, new_study = _get_or_create(
-        conn, STUDY, STUDY.c.study_instance_uid == hdr.study_instance_uid, study_values
-    )
-    series_values = {
-        **hdr.series,
-        "series_instance_uid": hdr.series_instance_uid,
-        "study_fk": study_id,
-        "source_ae": source_ae,
-        "received_at": now,
-        "updated_at": now,
-    }
-    series_id, new_series = _get_or_create(
-        conn, SERIES, SERIES.c.series_instance_uid == hdr.series_instance_uid, series_values
-    )
+    cached = cache.get(hdr.series_instance_uid) if cache is not None else None
+    if cached is not None:
+        patient_id, study_id, series_id = cached.patient_id, cached.study_id, cached.series_id
+        new_study = new_series = False
+    else:
+        patient_id, study_id, series_id, new_study, new_series = _parents(conn, hdr, source_ae, now)
     instance_id = conn.execute(
         insert(INSTANCE).values(
             **hdr.instance,
@@ -201,7 +200,7 @@ def record_instance(
         )
     ).inserted_primary_key[0]
 
-    # Counters and attributes of parents. A later instance fills what earlier ones left empty.
+    # Counters of the parents (PS3.4 C.3.2 "Number of ... Related ..." keys).
     conn.execute(
         update(SERIES)
         .where(SERIES.c.id == series_id)
@@ -215,24 +214,80 @@ def record_instance(
     if new_series:
         study_update["num_series"] = STUDY.c.num_series + 1
     conn.execute(update(STUDY).where(STUDY.c.id == study_id).values(**study_update))
-    patient_update: dict[str, Any] = {
-        "num_instances": PATIENT.c.num_instances + 1,
-        "updated_at": now,
-    }
+    patient_update: dict[str, Any] = {"num_instances": PATIENT.c.num_instances + 1}
     if new_series:
         patient_update["num_series"] = PATIENT.c.num_series + 1
+        # Demographics: the newest non-empty values win (a corrected name replaces the old).
+        patient_update.update(
+            {k: v for k, v in _nonempty(hdr.patient).items() if k != "patient_id"}
+        )
+        patient_update["updated_at"] = now
     if new_study:
         patient_update["num_studies"] = PATIENT.c.num_studies + 1
-    # Demographics: the newest non-empty values win (a corrected name replaces the old one).
-    patient_update.update(
-        {k: v for k, v in _nonempty(hdr.patient).items() if k not in ("patient_id",)}
-    )
     conn.execute(update(PATIENT).where(PATIENT.c.id == patient_id).values(**patient_update))
     if new_series and hdr.series.get("modality"):
         _add_modality(conn, study_id, hdr.series["modality"])
     return StoredInstanceRow(
-        instance_id, series_id, study_id, patient_id, new_study, new_series, replace_id is not None
+        instance_id,
+        Parents(series_id, study_id, patient_id),
+        new_study,
+        new_series,
+        replace_id is not None,
     )
+
+
+def _parents(
+    conn: Connection, hdr: InstanceHeader, source_ae: str, now: datetime
+) -> tuple[int, int, int, bool, bool]:
+    """Get or create the parent rows: (patient, study, series, new study?, new series?)."""
+    existing_study = conn.execute(
+        select(STUDY.c.id, STUDY.c.patient_fk).where(
+            STUDY.c.study_instance_uid == hdr.study_instance_uid
+        )
+    ).first()
+    new_study = False
+    if existing_study is not None:
+        # The study keeps its patient, even when this instance names another Patient ID
+        # (patient_id_conflict = accept); the counters follow the study.
+        study_id, patient_id = existing_study
+    else:
+        patient_values = {**hdr.patient, "created_at": now, "updated_at": now}
+        patient_id, _ = _get_or_create(
+            conn,
+            PATIENT,
+            and_(
+                PATIENT.c.patient_id == hdr.patient["patient_id"],
+                PATIENT.c.issuer_of_patient_id == hdr.patient["issuer_of_patient_id"],
+            ),
+            patient_values,
+        )
+        study_values = {
+            **hdr.study,
+            "study_instance_uid": hdr.study_instance_uid,
+            "patient_fk": patient_id,
+            "source_ae": source_ae,
+            "received_at": now,
+            "updated_at": now,
+        }
+        study_id, new_study = _get_or_create(
+            conn, STUDY, STUDY.c.study_instance_uid == hdr.study_instance_uid, study_values
+        )
+        if not new_study:  # another process created it a moment ago
+            patient_id = conn.execute(
+                select(STUDY.c.patient_fk).where(STUDY.c.id == study_id)
+            ).scalar_one()
+    series_values = {
+        **hdr.series,
+        "series_instance_uid": hdr.series_instance_uid,
+        "study_fk": study_id,
+        "source_ae": source_ae,
+        "received_at": now,
+        "updated_at": now,
+    }
+    series_id, new_series = _get_or_create(
+        conn, SERIES, SERIES.c.series_instance_uid == hdr.series_instance_uid, series_values
+    )
+    return patient_id, study_id, series_id, new_study, new_series
 
 
 def _add_modality(conn: Connection, study_id: int, modality: str) -> None:
