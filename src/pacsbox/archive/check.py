@@ -19,7 +19,6 @@ from pathlib import Path
 from sqlalchemy import select
 
 from pacsbox.archive.index import writer
-from pacsbox.archive.index.db import write_connection
 from pacsbox.archive.ingest import Ingest, IngestRefused
 
 INSTANCE = writer.INSTANCE
@@ -103,8 +102,8 @@ def check(
         return report
 
     for row_id, key, reindex in bad_rows:
-        with write_connection(ingest.engine) as conn, conn.begin():
-            writer.remove_instance_row(conn, row_id)
+        with ingest.writer.transaction() as tx:
+            tx.remove_instance(row_id)
         if reindex:
             orphan_paths.append(store.path(key) if not os.path.isabs(key) else Path(key))
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -183,11 +184,88 @@ def read_dataset_bytes(data: bytes | memoryview, transfer_syntax_uid: str) -> Da
         )
     except Exception as exc:
         raise HeaderError(f"data set cannot be parsed: {exc}") from exc
+    if not _complete(ds):
+        raise HeaderError("data set is truncated (an element is shorter than its length)")
     return ds
 
 
 def read_header_bytes(data: bytes | memoryview, transfer_syntax_uid: str) -> InstanceHeader:
     return header_from_dataset(read_dataset_bytes(data, transfer_syntax_uid))
+
+
+#: Bytes tried first when the data set arrives in fragments; the header nearly always fits.
+_HEAD_BYTES = 256 * 1024
+
+
+def read_header_chunks(
+    chunks: Sequence[bytes | memoryview], transfer_syntax_uid: str
+) -> InstanceHeader:
+    """Like read_header_bytes for a data set held as fragments, joining as little as possible.
+
+    The first fragments (≥ 256 KiB) are parsed; if Pixel Data was not reached and more bytes
+    remain, everything is joined and parsed again.
+    """
+    if len(chunks) == 1:
+        return read_header_bytes(chunks[0], transfer_syntax_uid)
+    if transfer_syntax_uid != DEFLATED:
+        head: list[bytes | memoryview] = []
+        size = 0
+        for chunk in chunks:
+            head.append(chunk)
+            size += len(chunk)
+            if size >= _HEAD_BYTES:
+                break
+        if len(head) < len(chunks):
+            ds, complete = _read_until_pixels(b"".join(head), transfer_syntax_uid)
+            if complete:
+                return header_from_dataset(ds)
+    return read_header_bytes(b"".join(chunks), transfer_syntax_uid)
+
+
+def read_header_prefix(raw: bytes, transfer_syntax_uid: str) -> InstanceHeader:
+    """Index attributes from the first bytes of a (large) data set; Pixel Data must be there."""
+    ds, complete = _read_until_pixels(raw, transfer_syntax_uid)
+    if not complete:
+        raise HeaderError(f"no complete header within the first {len(raw)} bytes")
+    return header_from_dataset(ds)
+
+
+def _read_until_pixels(raw: bytes, ts: str) -> tuple[Dataset, bool]:
+    """Parse a prefix of a data set; complete=True when Pixel Data (or later) was reached."""
+    reached = False
+
+    def stop(tag: Any, vr: Any, length: Any) -> bool:
+        nonlocal reached
+        if tag >= PIXEL_DATA:
+            reached = True
+            return True
+        return False
+
+    try:
+        ds = read_dataset(
+            io.BytesIO(raw),
+            is_implicit_VR=ts == IMPLICIT_VR_LE,
+            is_little_endian=ts != BIG_ENDIAN,
+            stop_when=stop,
+        )
+    except Exception:
+        return Dataset(), False
+    return ds, reached and _complete(ds)
+
+
+def _complete(ds: Dataset) -> bool:
+    """No top-level element shorter than its declared length (a truncated data set)."""
+    for elem in ds.elements():
+        value = getattr(elem, "value", None)
+        length = getattr(elem, "length", None)
+        if (
+            isinstance(value, bytes | bytearray | memoryview)
+            and length is not None
+            and length != 0xFFFFFFFF
+            and len(value) != length
+        ):
+            return False
+    return True
 
 
 @dataclass
@@ -215,8 +293,10 @@ def read_part10(path: Path | BinaryIO) -> Part10Info:
         ts = IMPLICIT_VR_LE if ds.original_encoding[0] else "1.2.840.10008.1.2.1"
         if not ds.original_encoding[1]:
             ts = BIG_ENDIAN
-    if len(ds) == 0:
-        raise HeaderError("not a DICOM file: no data elements")
+    if len(ds) == 0 or (not has_meta and "SOPClassUID" not in ds):
+        raise HeaderError("not a DICOM file: no file meta and no SOP Class UID")
+    if not _complete(ds):
+        raise HeaderError("data set is truncated (an element is shorter than its length)")
     offset = 0
     if has_meta:
         if isinstance(path, Path | str):

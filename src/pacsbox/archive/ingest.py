@@ -13,21 +13,22 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from pacsbox.archive.header import (
+    DEFLATED,
     HeaderError,
     InstanceHeader,
-    read_header_bytes,
+    read_header_chunks,
+    read_header_prefix,
     read_part10,
 )
 from pacsbox.archive.index import writer
-from pacsbox.archive.index.db import write_connection
 from pacsbox.archive.storage import FilesystemStore, InvalidUID, check_uid, encode_file_meta
 
 log = logging.getLogger("pacsbox.ingest")
@@ -127,13 +128,14 @@ class Ingest:
         self.patient_id_conflict = patient_id_conflict
         self.subscribers: list[Subscriber] = []
         self.parents = writer.ParentCache()
+        self.writer = writer.IndexWriter(engine)
         #: With the default policies nothing about an existing row changes what we do, so the
         #: look-up before writing is skipped (it happens under the write lock anyway).
 
     # -- entry points -------------------------------------------------------------------
     def store_dataset(
         self,
-        dataset: bytes | memoryview,
+        dataset: bytes | memoryview | Sequence[bytes | memoryview],
         transfer_syntax_uid: str,
         *,
         sop_class_uid: str | None = None,
@@ -143,10 +145,14 @@ class Ingest:
         """Store a data set as received on the wire (no file meta) in ``transfer_syntax_uid``.
 
         ``sop_class_uid``/``sop_instance_uid`` are the command's Affected SOP Class/Instance
-        UIDs (PS3.7 §9.1.1); the data set must agree with them.
+        UIDs (PS3.7 §9.1.1); the data set must agree with them. ``dataset`` may be a list of
+        fragments (as they arrived in P-DATA PDVs); they are written without joining.
         """
+        chunks: Sequence[bytes | memoryview] = (
+            [dataset] if isinstance(dataset, bytes | bytearray | memoryview) else dataset
+        )
         try:
-            hdr = read_header_bytes(dataset, transfer_syntax_uid)
+            hdr = read_header_chunks(chunks, transfer_syntax_uid)
         except HeaderError as exc:
             raise CannotUnderstand(str(exc)) from exc
         except MemoryError as exc:
@@ -154,15 +160,50 @@ class Ingest:
         self._validate(hdr, sop_class_uid, sop_instance_uid)
 
         def write(key: str) -> int:
-            chunks: list[bytes | memoryview] = []
+            out: list[bytes | memoryview] = []
             if self.storage_format == "part10":
-                chunks.append(
+                out.append(
                     encode_file_meta(
                         hdr.sop_class_uid, hdr.sop_instance_uid, transfer_syntax_uid, source_ae
                     )
                 )
-            chunks.append(dataset)
-            return self.store.put(key, chunks).size
+            out.extend(chunks)
+            return self.store.put(key, out).size
+
+        return self._store(hdr, transfer_syntax_uid, source_ae, write, self.storage_format)
+
+    def store_dataset_file(
+        self,
+        path: Path,
+        transfer_syntax_uid: str,
+        *,
+        sop_class_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        source_ae: str = "",
+    ) -> StoredInstance:
+        """Like store_dataset for a bare data set spooled to ``path`` (large instances)."""
+        if transfer_syntax_uid == DEFLATED:  # no prefix parse for deflate; rare for big data
+            return self.store_dataset(
+                Path(path).read_bytes(),
+                transfer_syntax_uid,
+                sop_class_uid=sop_class_uid,
+                sop_instance_uid=sop_instance_uid,
+                source_ae=source_ae,
+            )
+        try:
+            with open(path, "rb") as fh:
+                hdr = read_header_prefix(fh.read(4 << 20), transfer_syntax_uid)
+        except HeaderError as exc:
+            raise CannotUnderstand(str(exc)) from exc
+        self._validate(hdr, sop_class_uid, sop_instance_uid)
+
+        def write(key: str) -> int:
+            meta = b""
+            if self.storage_format == "part10":
+                meta = encode_file_meta(
+                    hdr.sop_class_uid, hdr.sop_instance_uid, transfer_syntax_uid, source_ae
+                )
+            return self.store.put_file(key, path, meta).size
 
         return self._store(hdr, transfer_syntax_uid, source_ae, write, self.storage_format)
 
@@ -235,10 +276,11 @@ class Ingest:
         existing = owner = None
         if self.duplicate_policy != "replace" or self.patient_id_conflict != "accept":
             try:
+                with self.writer.transaction() as tx:
+                    existing = tx.find_instance(uid)
                 with self.engine.connect() as conn:
-                    existing = writer.find_instance(conn, uid)
                     owner = writer.study_owner(conn, hdr.study_instance_uid)
-            except SQLAlchemyError as exc:
+            except (SQLAlchemyError, self.writer.db_error) as exc:
                 raise DatabaseUnavailable(f"index database unavailable: {_db_reason(exc)}") from exc
 
         if existing is not None:
@@ -275,7 +317,7 @@ class Ingest:
             row, current = self._index(
                 hdr, ts, key, size, storage_format, linked_path, source_ae, existing
             )
-        except IntegrityError:
+        except self.writer.integrity_error:
             # A cached parent row was deleted meanwhile (or a race on a unique key): retry once
             # with fresh look-ups.
             self.parents.clear()
@@ -287,7 +329,7 @@ class Ingest:
                 if existing is None and linked_path is None:
                     self.store.delete(key)
                 raise DatabaseUnavailable(f"index update failed: {_db_reason(exc)}") from exc
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, self.writer.db_error) as exc:
             if existing is None and linked_path is None:
                 self.store.delete(key)  # not indexed and not acknowledged: leave no orphan
             raise DatabaseUnavailable(f"index database unavailable: {_db_reason(exc)}") from exc
@@ -325,12 +367,11 @@ class Ingest:
     ) -> tuple[writer.StoredInstanceRow, writer.ExistingInstance | None]:
         """One write transaction: (re)check for a stored copy under the lock, then index."""
         uid = hdr.sop_instance_uid
-        with write_connection(self.engine) as conn, conn.begin():
-            current = writer.find_instance(conn, uid) if existing is None else existing
+        with self.writer.transaction() as tx:
+            current = tx.find_instance(uid) if existing is None else existing
             if current is not None and existing is None and self.duplicate_policy == "reject":
                 raise DuplicateRejected(f"SOP Instance {uid} is already stored")
-            row = writer.record_instance(
-                conn,
+            row = tx.record_instance(
                 hdr,
                 cache=self.parents,
                 transfer_syntax_uid=ts,
@@ -371,7 +412,7 @@ class Ingest:
         )
 
 
-def _db_reason(exc: SQLAlchemyError) -> str:
+def _db_reason(exc: Exception) -> str:
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         return str(exc.orig).splitlines()[0][:200]
     return str(exc).splitlines()[0][:200]

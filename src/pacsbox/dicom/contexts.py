@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from pydicom.uid import UID
-from pynetdicom.presentation import PresentationContext, StoragePresentationContexts
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification
 
 #: SPEC A2, in the order we would pick them if a requestor's order gave no hint.
@@ -47,7 +47,7 @@ RECEIVE_TRANSFER_SYNTAXES: tuple[str, ...] = (
 _RECEIVE_SET = frozenset(RECEIVE_TRANSFER_SYNTAXES)
 
 STORAGE_SOP_CLASSES: frozenset[str] = frozenset(
-    str(cx.abstract_syntax) for cx in StoragePresentationContexts
+    str(cx.abstract_syntax) for cx in AllStoragePresentationContexts
 )
 VERIFICATION_SOP_CLASS = str(Verification)
 #: Abstract syntaxes the Storage/Verification SCP accepts.

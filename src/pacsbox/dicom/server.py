@@ -13,6 +13,7 @@ accepted socket gets TCP_NODELAY (each PDU goes out in one write, nothing waits 
 from __future__ import annotations
 
 import logging
+import selectors
 import socket
 import socketserver
 import ssl
@@ -30,6 +31,12 @@ from pacsbox.archive.ingest import Ingest
 from pacsbox.archive.registry import AERegistry
 from pacsbox.dicom.contexts import contexts_for_request, default_contexts
 from pacsbox.dicom.scp.storage import StorageSCP, handle_echo
+from pacsbox.dicom.storage_acceptor import (
+    PeerGone,
+    StorageAcceptor,
+    is_storage_only,
+    peek_associate_rq,
+)
 from pacsbox.settings import Settings
 
 log = logging.getLogger("pacsbox.dicom")
@@ -128,6 +135,14 @@ class DicomService:
         self.ae.maximum_associations = max(1, -(-settings.max_associations // workers))
         self.ae.supported_contexts = default_contexts()
         self.servers: list[ThreadedAssociationServer] = []
+        self._stop = threading.Event()
+        self.fast = StorageAcceptor(
+            settings,
+            ingest,
+            registry,
+            max_associations=settings.max_associations // max(1, workers) or 1,
+            count_other=lambda: len(self.ae.active_associations),
+        )
 
     # -- event handlers -----------------------------------------------------------------
     def on_requested(self, event: Event) -> None:
@@ -210,7 +225,12 @@ class DicomService:
 
     # -- listening ----------------------------------------------------------------------
     def serve(self, sock: socket.socket, ssl_context: ssl.SSLContext | None = None) -> None:
-        """Start accepting on ``sock`` in a background thread."""
+        """Start accepting on ``sock`` in a background thread.
+
+        Plain connections are routed per association: storage/verification-only ones to the
+        lean StorageAcceptor, everything else to pynetdicom (``debug`` sends all to
+        pynetdicom, whose PDU-level log is then available). TLS goes to pynetdicom.
+        """
         server = self.ae.make_server(
             sock.getsockname()[:2],
             evt_handlers=self.handlers(),
@@ -218,10 +238,57 @@ class DicomService:
             server_class=_server_class(sock),
         )
         self.servers.append(server)
-        name = "TLSAcceptor" if ssl_context else "Acceptor"
-        threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+        if ssl_context is not None or self.settings.debug:
+            target = server.serve_forever
+            name = "TLSAcceptor" if ssl_context else "Acceptor"
+        else:
+            target = lambda: self._accept_loop(sock, server)  # noqa: E731
+            name = "Acceptor"
+        threading.Thread(target=target, name=name, daemon=True).start()
+
+    def _accept_loop(self, sock: socket.socket, server: ThreadedAssociationServer) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(sock, selectors.EVENT_READ)
+        while not self._stop.is_set():
+            if not selector.select(0.5):
+                continue
+            try:
+                client, address = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue  # another worker took it
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                continue
+            client.setblocking(True)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            threading.Thread(
+                target=self._route,
+                args=(client, address, server),
+                daemon=True,
+                name="Association",
+            ).start()
+        selector.close()
+
+    def _route(
+        self, client: socket.socket, address: Any, server: ThreadedAssociationServer
+    ) -> None:
+        try:
+            rq = peek_associate_rq(client, self.settings.acse_timeout)
+        except (PeerGone, OSError) as exc:
+            log.info("connection from %s closed before association: %s", address[0], exc)
+            client.close()
+            return
+        if rq is not None:
+            fast, primitive = is_storage_only(rq)
+            if fast and primitive is not None:
+                self.fast.serve(client, address, primitive)
+                return
+        client.settimeout(None)
+        server.process_request(client, address)  # pynetdicom reads the untouched socket
 
     def shutdown(self) -> None:
+        self._stop.set()
         for server in self.servers:
             threading.Thread(target=server.shutdown, daemon=True).start()
         for assoc in list(self.ae.active_associations):

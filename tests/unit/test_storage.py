@@ -1,0 +1,101 @@
+"""archive.storage: UID checks, path safety, atomic durable writes, file meta encoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from pacsbox import IMPLEMENTATION_CLASS_UID
+from pacsbox.archive.storage import (
+    FilesystemStore,
+    InvalidUID,
+    MirroredStore,
+    check_uid,
+    encode_file_meta,
+)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "../../x",
+        "1.2/3",
+        "1..2",
+        ".1",
+        "1.2.",
+        "a.b",
+        "1" * 65,
+        "1.2\\3",
+        "/etc/passwd",
+        "1.2.3 4",
+    ],
+)
+def test_check_uid_rejects(bad: str) -> None:
+    with pytest.raises(InvalidUID):
+        check_uid(bad)
+
+
+def test_check_uid_accepts_and_strips_padding() -> None:
+    assert check_uid("1.2.840.10008.1.2\x00") == "1.2.840.10008.1.2"
+    assert check_uid("1.02.3") == "1.02.3"  # leading zeros tolerated
+
+
+def test_keys_cannot_escape(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path / "s")
+    with pytest.raises(InvalidUID):
+        store.key_for("1.2", "../..", "3")
+    for key in ("../x.dcm", "/etc/x.dcm", "a/../../x.dcm", "a//b.dcm"):
+        with pytest.raises(ValueError):
+            store.path(key)
+
+
+def test_put_is_atomic_and_complete(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path / "s")
+    key = store.key_for("1.2", "1.2.3", "1.2.3.4")
+    blob = store.put(key, [b"abc", memoryview(b"defg")])
+    assert blob.size == 7 and store.path(key).read_bytes() == b"abcdefg"
+    assert list(store.iter_keys()) == [key]
+    assert list(store.iter_temp_files()) == []
+    store.put(key, [b"new"])
+    assert store.path(key).read_bytes() == b"new"
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FilesystemStore(tmp_path / "s")
+    key = store.key_for("1.2", "1.2.3", "1.2.3.5")
+
+    def boom(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", boom)
+    with pytest.raises(OSError):
+        store.put(key, [b"x" * 100])
+    assert not store.exists(key)
+    assert list(store.iter_temp_files()) == []
+
+
+def test_mirror(tmp_path: Path) -> None:
+    store = MirroredStore(tmp_path / "main", tmp_path / "backup")
+    key = store.key_for("1.2", "1.3", "1.4")
+    store.put(key, [b"data"])
+    assert (tmp_path / "backup" / key).read_bytes() == b"data"
+    store.delete(key)
+    assert not (tmp_path / "backup" / key).exists()
+
+
+def test_file_meta_is_valid_part10(tmp_path: Path) -> None:
+    from tests.helpers import make_ct
+    from tests.integration.test_ingest import encode
+
+    ds = make_ct()
+    meta = encode_file_meta(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1", "MOD1")
+    path = tmp_path / "f.dcm"
+    path.write_bytes(meta + encode(ds))
+    back = dcmread(path)
+    assert back.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert back.file_meta.SourceApplicationEntityTitle == "MOD1"
+    assert back.file_meta.FileMetaInformationGroupLength == len(meta) - 132 - 12
+    assert back.SOPInstanceUID == ds.SOPInstanceUID
