@@ -193,8 +193,10 @@ workers = 0                    # DICOM worker processes; 0 = one per CPU core
 max_associations = 64
 max_pdu_size = 1048576
 # preferred_transfer_syntax = "1.2.840.10008.1.2.4.80"
-permissive_aes = false         # accept unknown calling AE titles and register them
-permissive_aes_enabled = false # whether auto-registered AEs are enabled for later associations
+# Quick start: any modality may store at once and is registered in the AE registry.
+# In production set both to false and register modalities: pacsbox ae add TITLE --host H --port P
+permissive_aes = true          # accept unknown calling AE titles and register them
+permissive_aes_enabled = true  # whether auto-registered AEs are enabled for later associations
 duplicate_policy = "replace"   # replace | keep | reject
 patient_id_conflict = "accept" # accept | reject (A703)
 # tls_cert = "tls/server.crt"

@@ -70,7 +70,7 @@ def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def boom(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("os.fsync", boom)
+    monkeypatch.setattr("os.fdatasync", boom)
     with pytest.raises(OSError):
         store.put(key, [b"x" * 100])
     assert not store.exists(key)

@@ -206,7 +206,7 @@ class FilesystemStore:
                 if pending and n:
                     pending[0] = memoryview(pending[0])[n:]
             if self.fsync:
-                os.fsync(fd)
+                os.fdatasync(fd)  # data + size; the rename is made durable by the dir fsync
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
