@@ -37,3 +37,15 @@ def test_preferred_first_when_proposed() -> None:
 
 def test_unknown_abstract_syntax_not_accepted() -> None:
     assert contexts_for_request([build_context("1.2.3.4.5", [EXPLICIT])], None) == []
+
+
+def test_conformance_statement_lists_what_we_accept() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "conformance.md").read_text()
+    missing = [
+        uid
+        for uid in STORAGE_SOP_CLASSES | set(RECEIVE_TRANSFER_SYNTAXES)
+        if f"| {uid} |" not in text
+    ]
+    assert not missing, f"docs/conformance.md does not list {missing}"

@@ -59,6 +59,7 @@ SPILL_BYTES = 64 * 1024 * 1024
 MAX_ASSOCIATE_RQ = 256 * 1024
 
 C_STORE_RQ, C_STORE_RSP, C_ECHO_RQ, C_ECHO_RSP = 0x0001, 0x8001, 0x0030, 0x8030
+C_CANCEL_RQ = 0x0FFF
 
 
 class ProtocolError(Exception):
@@ -368,7 +369,9 @@ class StorageAssociation:
                 body = memoryview(self._recv_exact(length))
                 current = self._p_data(body, current)
             elif pdu_type == 0x05:
-                self._recv_exact(length) if length <= 64 else None
+                if length != 4:
+                    raise ProtocolError("malformed A-RELEASE-RQ", 0x06)
+                self._recv_exact(length)
                 if current is not None:
                     current.discard()
                 self._send(RELEASE_RP)
@@ -453,6 +456,9 @@ class StorageAssociation:
                     encode_response(C_ECHO_RSP, message_id, VERIFICATION, None, 0x0000),
                 )
             )
+            return
+        if field == C_CANCEL_RQ:  # nothing to cancel for storage (PS3.7 §9.3.2.3)
+            msg.discard()
             return
         if field != C_STORE_RQ:
             msg.discard()
