@@ -193,3 +193,34 @@ def server_env(data_dir: Path, port: int, database_url: str | None, **extra: str
         env["PACSBOX_DATABASE_URL"] = database_url
     env.update(extra)
     return env
+
+
+def open_server_archive(server: Server):  # noqa: ANN201 - returns pacsbox.app.Archive
+    """The archive services (index + blob store) of a running test server, opened in this
+    process on the same data folder and database (no migrations: the server ran them).
+    Call ``.engine.dispose()`` when done."""
+    from pacsbox.app import build_archive
+    from pacsbox.settings import Settings
+
+    settings = Settings(
+        data_dir=server.data_dir,
+        database_url=server.env.get("PACSBOX_DATABASE_URL") or None,
+        dicom_port=0,
+        dicom_tls_port=0,
+        http_port=0,
+        hl7_port=0,
+    )
+    return build_archive(settings, migrate=False)
+
+
+def wait_for_log(server: Server, needle: str, timeout: float = 5.0) -> str:
+    """Wait until ``<data_dir>/log/pacsbox.log`` contains ``needle``; return the log text."""
+    path = server.data_dir / "log" / "pacsbox.log"
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+        if needle in text:
+            return text
+        time.sleep(0.05)
+    raise AssertionError(f"{needle!r} not in {path} after {timeout}s; log ends:\n{text[-2000:]}")

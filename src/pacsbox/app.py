@@ -135,7 +135,8 @@ def _worker_main(
         service.serve(tls, tls_context(settings))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stop.wait()
+    while not stop.wait(0.5):  # a timed wait: the handler runs even if another thread got it
+        pass
     service.shutdown()
     archive.engine.dispose()
 

@@ -249,13 +249,21 @@ def check(
         "repaired": report.repaired,
         "unrepaired": len(report.unrepaired),
     }
+    ok = report.problems == 0 or (repair and report.consistent_after)
+    status = "consistent" if report.problems == 0 else ("repaired" if ok else "INCONSISTENT")
     if as_json:
         print(
             json.dumps(
                 {
                     **summary,
+                    "status": status,
                     "missing": report.missing,
+                    "size_mismatch": [
+                        {"file": key, "indexed_size": indexed, "actual_size": actual}
+                        for key, indexed, actual in report.size_mismatch
+                    ],
                     "orphans": report.orphans,
+                    "temp": report.temp_files,
                     "unrepaired_reasons": report.unrepaired,
                 },
                 indent=2,
@@ -266,12 +274,15 @@ def check(
             console.print(f"{key:16} {value}")
         for key in report.missing[:20]:
             console.print(f"  missing: {key}")
+        for key, indexed, actual in report.size_mismatch[:20]:
+            console.print(f"  size mismatch: {key} (index {indexed}, file {actual} bytes)")
         for key in report.orphans[:20]:
             console.print(f"  orphan:  {key}")
+        for key in report.temp_files[:20]:
+            console.print(f"  temp:    {key}")
         for path, reason in report.unrepaired[:20]:
             console.print(f"  not repaired: {path}: {reason}")
-    ok = report.problems == 0 or (repair and report.consistent_after)
-    console.print("consistent" if report.problems == 0 else ("repaired" if ok else "INCONSISTENT"))
+        console.print(status)
     raise typer.Exit(0 if ok else 1)
 
 

@@ -9,7 +9,6 @@ left alone: a running server may be between writing and indexing them.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -65,7 +64,7 @@ def check(
     report = CheckReport()
     now = time.time()
     indexed: set[str] = set()
-    bad_rows: list[tuple[int, str, bool]] = []
+    bad_rows: list[tuple[int, str, bool, bool]] = []  # (row id, key, reindex?, linked?)
     with ingest.engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=5000).execute(
             select(INSTANCE.c.id, INSTANCE.c.file_path, INSTANCE.c.file_size, INSTANCE.c.linked)
@@ -79,11 +78,11 @@ def check(
                 actual = path.stat().st_size
             except OSError:
                 report.missing.append(key)
-                bad_rows.append((row_id, key, False))
+                bad_rows.append((row_id, key, False, bool(linked)))
                 continue
             if actual != size:
                 report.size_mismatch.append((key, size, actual))
-                bad_rows.append((row_id, key, True))
+                bad_rows.append((row_id, key, True, bool(linked)))
     if progress:
         progress(f"checked {report.instances} index rows")
     orphan_paths: list[Path] = []
@@ -101,13 +100,24 @@ def check(
     if not repair:
         return report
 
-    for row_id, key, reindex in bad_rows:
+    linked_paths: list[Path] = []
+    for row_id, key, reindex, linked in bad_rows:
         with ingest.writer.transaction() as tx:
             tx.remove_instance(row_id)
-        if reindex:
-            orphan_paths.append(store.path(key) if not os.path.isabs(key) else Path(key))
-        else:
+        if not reindex:
             report.repaired += 1
+        elif linked:
+            linked_paths.append(Path(key))
+        else:
+            orphan_paths.append(store.path(key))
+    for path in linked_paths:
+        # A linked file belongs to the user: index it again in place, never move or delete it.
+        try:
+            ingest.store_file(path, source_ae="", link=True)
+        except IngestRefused as exc:
+            report.unrepaired.append((str(path), exc.message))
+            continue
+        report.repaired += 1
     for path in orphan_paths:
         try:
             result_key = ingest.store_file(path, source_ae="").key

@@ -148,6 +148,10 @@ class AERegistry:
         if entry is None:
             if not permissive:
                 return AccessDecision(False, f"calling AE title {title!r} is not registered")
+            try:
+                normalise_title(title)
+            except RegistryError as exc:  # empty, backslash, control characters: never register
+                return AccessDecision(False, str(exc))
             # another association may register it at the same moment: that is fine
             with contextlib.suppress(RegistryError):
                 self.add(

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 
@@ -92,14 +92,17 @@ def send_files(
             metas.append((path, str(ds.SOPClassUID), ts))
         except Exception as exc:
             report.failed.append((str(path), f"not a DICOM file: {exc}"))
-    pairs: dict[str, set[str]] = {}
-    for _, sop_class, ts in metas:
-        pairs.setdefault(sop_class, set()).add(ts)
-    contexts = [build_context(sc, sorted(tss)) for sc, tss in _limit(pairs.items())]
+    # One context per (SOP class, transfer syntax): an acceptor picks one syntax per context.
+    pairs = sorted({(sop_class, ts) for _, sop_class, ts in metas})
+    if len(pairs) > 128:  # PS3.8: at most 128 presentation contexts per association
+        raise SCUError("more than 128 SOP class/transfer syntax pairs in one send; split it")
+    contexts = [build_context(sc, ts) for sc, ts in pairs]
     if not metas:
         return report
     ae = _ae(calling)
     assoc = _associate(ae, host, port, called, tls, contexts)
+    # Send the data set bytes exactly as they are in the file (no decode/re-encode).
+    chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
     try:
         for path, _sc, _ts in metas:
             try:
@@ -124,12 +127,6 @@ def send_files(
             if progress:
                 progress(path, code)
     finally:
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
         assoc.release()  # type: ignore[attr-defined]
     return report
-
-
-def _limit(items: Iterable[tuple[str, set[str]]]) -> list[tuple[str, set[str]]]:
-    items = list(items)
-    if len(items) > 128:  # PS3.8: at most 128 presentation contexts per association
-        raise SCUError("more than 128 SOP classes in one send; split the files")
-    return items

@@ -82,16 +82,21 @@ class SharedSocketServer(ThreadedAssociationServer):
         client.setblocking(True)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if self.ssl_context:
-            client.settimeout(self.ae.acse_timeout)
-            try:
-                client = self.ssl_context.wrap_socket(client, server_side=True)
-            except (ssl.SSLError, OSError) as exc:
-                log.warning("TLS handshake with %s failed: %s", address, exc)
-                client.close()
-                raise OSError("TLS handshake failed") from exc
-            client.settimeout(None)
         return client, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Runs in the connection's own thread: the TLS handshake happens here, so a peer
+        that connects and sends nothing never holds up the accept loop."""
+        if self.ssl_context:
+            request.settimeout(self.ae.acse_timeout)
+            try:
+                request = self.ssl_context.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                log.warning("TLS handshake with %s failed: %s", client_address[0], exc)
+                request.close()
+                return
+            request.settimeout(None)
+        super().finish_request(request, client_address)
 
     def server_close(self) -> None:
         pass  # the socket belongs to the parent; it closes it

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydicom.uid import UID
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -303,7 +304,9 @@ class StorageAssociation:
         pdu = A_ASSOCIATE_AC()
         pdu.from_primitive(ac)
         self._send(pdu.encode())
-        shown = ", ".join(f"{a}/{t}" for a, t in list(self.contexts.values())[:6])
+        shown = ", ".join(
+            f"{UID(a).name}/{UID(t).name}" for a, t in list(self.contexts.values())[:6]
+        )
         if len(self.contexts) > 6:
             shown += f", +{len(self.contexts) - 6} more"
         log.info(
