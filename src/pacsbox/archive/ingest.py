@@ -13,6 +13,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,26 +315,28 @@ class Ingest:
         except MemoryError as exc:
             raise OutOfMemory("memory allocation failed while writing") from exc
 
-        try:
-            row, current = self._index(
-                hdr, ts, key, size, storage_format, linked_path, source_ae, existing
-            )
-        except self.writer.integrity_error:
-            # A cached parent row was deleted meanwhile (or a race on a unique key): retry once
-            # with fresh look-ups.
-            self.parents.clear()
+        attempt = 0
+        while True:
             try:
                 row, current = self._index(
                     hdr, ts, key, size, storage_format, linked_path, source_ae, existing
                 )
-            except SQLAlchemyError as exc:
-                if existing is None and linked_path is None:
-                    self.store.delete(key)
-                raise DatabaseUnavailable(f"index update failed: {_db_reason(exc)}") from exc
-        except (SQLAlchemyError, self.writer.db_error) as exc:
-            if existing is None and linked_path is None:
-                self.store.delete(key)  # not indexed and not acknowledged: leave no orphan
-            raise DatabaseUnavailable(f"index database unavailable: {_db_reason(exc)}") from exc
+                break
+            except (SQLAlchemyError, self.writer.db_error) as exc:
+                attempt += 1
+                integrity = isinstance(exc, self.writer.integrity_error)
+                if integrity:
+                    # A cached parent row was deleted meanwhile, or a race on a unique key:
+                    # look everything up again.
+                    self.parents.clear()
+                if attempt < 10 and (self.writer.retryable(exc) or (integrity and attempt == 1)):
+                    # Deadlock / serialization failure between concurrent associations: the
+                    # transaction was rolled back as a whole, so running it again is safe.
+                    time.sleep(random.uniform(0.001, 0.005 * 2**attempt))
+                    continue
+                # The file stays: it may be the stored copy of an instance indexed earlier
+                # (replace). An orphan is reported and indexed by `pacsbox check --repair`.
+                raise DatabaseUnavailable(f"index database unavailable: {_db_reason(exc)}") from exc
 
         old = current if current is not None else None
         if old is not None and not old.linked and old.file_path != key:

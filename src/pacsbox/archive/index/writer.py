@@ -242,24 +242,11 @@ class IndexTransaction:
             parents, new_study, new_series = cached, False, False
         else:
             parents, new_study, new_series = self._parents(hdr, source_ae, now)
-        values = (
-            hdr.sop_instance_uid,
-            hdr.sop_class_uid,
-            parents.series_id,
-            *(hdr.instance[c] for c in _INSTANCE_COLS[3:16]),
-            transfer_syntax_uid,
-            storage_format,
-            file_path,
-            linked,
-            file_size,
-            source_ae,
-            now,
-            hdr.attributes_json,
-        )
-        self.cur.execute(self.w.insert_instance_sql, values)
-        instance_id = int(self.cur.fetchone()[0]) if self.w.returning else self.cur.lastrowid
         q = self._q
-        # Counters behind the "Number of ... Related ..." keys (PS3.4 C.3.2).
+        # Counters behind the "Number of ... Related ..." keys (PS3.4 C.3.2). They are
+        # updated before the instance row is inserted: the updates take the row locks
+        # series → study → patient in one order, before the insert's foreign-key check takes
+        # a shared lock on the series row (MariaDB/InnoDB would deadlock upgrading it).
         self.cur.execute(
             q("UPDATE series SET num_instances = num_instances + 1, updated_at = ? WHERE id = ?"),
             (now, parents.series_id),
@@ -289,6 +276,22 @@ class IndexTransaction:
                 q("UPDATE patient SET num_instances = num_instances + 1 WHERE id = ?"),
                 (parents.patient_id,),
             )
+        values = (
+            hdr.sop_instance_uid,
+            hdr.sop_class_uid,
+            parents.series_id,
+            *(hdr.instance[c] for c in _INSTANCE_COLS[3:16]),
+            transfer_syntax_uid,
+            storage_format,
+            file_path,
+            linked,
+            file_size,
+            source_ae,
+            now,
+            hdr.attributes_json,
+        )
+        self.cur.execute(self.w.insert_instance_sql, values)
+        instance_id = int(self.cur.fetchone()[0]) if self.w.returning else self.cur.lastrowid
         return StoredInstanceRow(
             int(instance_id), parents, new_study, new_series, replace_id is not None
         )
@@ -385,6 +388,16 @@ class IndexWriter:
         )
         self._idle: list[Any] = []
         self._lock = threading.Lock()
+
+    def retryable(self, exc: BaseException) -> bool:
+        """Deadlock, lock time-out or serialization failure: the transaction may be re-run."""
+        exc = getattr(exc, "orig", None) or exc
+        if getattr(exc, "sqlstate", None) in ("40P01", "40001"):  # PostgreSQL
+            return True
+        args = getattr(exc, "args", ())
+        if args and args[0] in (1213, 1205):  # MariaDB/MySQL deadlock, lock wait time-out
+            return True
+        return self.sqlite and "locked" in str(exc)
 
     @contextmanager
     def transaction(self) -> Iterator[IndexTransaction]:
