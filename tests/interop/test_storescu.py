@@ -473,9 +473,7 @@ def test_storescu_multi_series_study(make_server, tmp_path):
             series = conn.execute(
                 select(se.c.series_number, se.c.num_instances).order_by(se.c.series_number)
             ).all()
-            instances = dict(
-                conn.execute(select(i.c.sop_instance_uid, i.c.file_path)).all()
-            )
+            instances = dict(conn.execute(select(i.c.sop_instance_uid, i.c.file_path)).all())
         assert patients == [("MULTI1", 1, 3, 15)]
         assert len(studies) == 1 and tuple(studies[0][1:]) == (3, 15)
         assert [tuple(r) for r in series] == [(1, 5), (2, 5), (3, 5)]

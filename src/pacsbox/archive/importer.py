@@ -31,6 +31,8 @@ class ImportReport:
 def dicomdir_files(dicomdir: Path) -> Iterator[Path]:
     """Files referenced by a DICOMDIR's directory records (Referenced File ID, (0004,1500))."""
     ds = dcmread(dicomdir)
+    if "DirectoryRecordSequence" not in ds:
+        raise ValueError(f"{dicomdir} has no Directory Record Sequence (0004,1220)")
     base = dicomdir.parent
     for record in ds.get("DirectoryRecordSequence", []):
         file_id = record.get("ReferencedFileID")
@@ -44,6 +46,15 @@ def dicomdir_files(dicomdir: Path) -> Iterator[Path]:
             # media written on case-insensitive systems: try a case-insensitive match
             candidate = _case_insensitive(base, parts) or candidate
         yield candidate
+
+
+def _dicomdir_or_itself(dicomdir: Path) -> list[Path]:
+    """The DICOMDIR's referenced files; the DICOMDIR itself if it cannot be read, so that the
+    import reports it as failed (with ingest's reason) instead of stopping with a traceback."""
+    try:
+        return list(dicomdir_files(dicomdir))
+    except Exception:
+        return [dicomdir]
 
 
 def _case_insensitive(base: Path, parts: list[str]) -> Path | None:
@@ -68,7 +79,7 @@ def collect(paths: list[Path]) -> Iterator[Path]:
                 (path / n for n in ("DICOMDIR", "dicomdir") if (path / n).is_file()), None
             )
             if dicomdir is not None:
-                yield from dicomdir_files(dicomdir)
+                yield from _dicomdir_or_itself(dicomdir)
                 continue
             for dirpath, dirnames, files in os.walk(path):
                 dirnames.sort()
@@ -77,7 +88,7 @@ def collect(paths: list[Path]) -> Iterator[Path]:
                         continue
                     yield Path(dirpath) / name
         elif path.name.upper() == "DICOMDIR":
-            yield from dicomdir_files(path)
+            yield from _dicomdir_or_itself(path)
         else:
             yield path
 

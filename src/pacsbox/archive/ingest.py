@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,14 @@ from pacsbox.archive.header import (
     read_part10,
 )
 from pacsbox.archive.index import writer
-from pacsbox.archive.storage import FilesystemStore, InvalidUID, check_uid, encode_file_meta
+from pacsbox.archive.storage import (
+    EXPLICIT_VR_LE,
+    FilesystemStore,
+    InvalidUID,
+    check_uid,
+    encode_file_meta,
+)
+from pacsbox.archive.structure import Truncated, check_complete
 
 log = logging.getLogger("pacsbox.ingest")
 
@@ -160,6 +168,14 @@ class Ingest:
         except MemoryError as exc:
             raise OutOfMemory("memory allocation failed while reading the data set") from exc
         self._validate(hdr, sop_class_uid, sop_instance_uid)
+        try:
+            if transfer_syntax_uid == DEFLATED:
+                inflated = inflate(b"".join(chunks))
+                check_complete([inflated], len(inflated), EXPLICIT_VR_LE)
+            else:
+                check_complete(chunks, sum(len(c) for c in chunks), transfer_syntax_uid)
+        except (Truncated, HeaderError) as exc:
+            raise CannotUnderstand(f"data set is incomplete: {exc}") from exc
 
         def write(key: str) -> int:
             out: list[bytes | memoryview] = []
@@ -195,7 +211,8 @@ class Ingest:
         try:
             with open(path, "rb") as fh:
                 hdr = read_header_prefix(fh.read(4 << 20), transfer_syntax_uid)
-        except HeaderError as exc:
+                check_complete(fh, os.fstat(fh.fileno()).st_size, transfer_syntax_uid)
+        except (HeaderError, Truncated) as exc:
             raise CannotUnderstand(str(exc)) from exc
         self._validate(hdr, sop_class_uid, sop_instance_uid)
 
@@ -220,6 +237,17 @@ class Ingest:
             raise CannotUnderstand(f"{path}: a DICOMDIR is a directory, not an instance")
         self._validate(hdr, None, None)
         ts = info.transfer_syntax_uid
+        try:
+            with open(path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size - info.dataset_offset
+                if ts == DEFLATED:
+                    fh.seek(info.dataset_offset)
+                    inflated = inflate(fh.read())
+                    check_complete([inflated], len(inflated), EXPLICIT_VR_LE)
+                else:
+                    check_complete(fh, size, ts, base=info.dataset_offset)
+        except (Truncated, HeaderError) as exc:
+            raise CannotUnderstand(f"{path}: data set is incomplete: {exc}") from exc
         if link:
             absolute = str(Path(path).resolve())
             return self._store(
@@ -414,6 +442,14 @@ class Ingest:
             new_study=new_study,
             new_series=new_series,
         )
+
+
+def inflate(data: bytes) -> bytes:
+    """A Deflated Explicit VR LE data set (PS3.5 §A.5) inflated; HeaderError if it is not."""
+    try:
+        return zlib.decompressobj(-zlib.MAX_WBITS).decompress(data)
+    except zlib.error as exc:
+        raise HeaderError(f"deflated data set does not inflate: {exc}") from exc
 
 
 def _db_reason(exc: Exception) -> str:

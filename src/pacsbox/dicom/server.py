@@ -79,7 +79,7 @@ class SharedSocketServer(ThreadedAssociationServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         client, address = self.socket.accept()  # BlockingIOError when another worker won
-        client.setblocking(True)
+        client.settimeout(self.ae.network_timeout)  # ends stalled peers (see _route)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         return client, address
@@ -95,7 +95,7 @@ class SharedSocketServer(ThreadedAssociationServer):
                 log.warning("TLS handshake with %s failed: %s", client_address[0], exc)
                 request.close()
                 return
-            request.settimeout(None)
+            request.settimeout(self.ae.network_timeout)
         super().finish_request(request, client_address)
 
     def server_close(self) -> None:
@@ -289,7 +289,9 @@ class DicomService:
             if fast and primitive is not None:
                 self.fast.serve(client, address, primitive)
                 return
-        client.settimeout(None)
+        # pynetdicom blocks in recv() for a whole PDU and never checks its own timers there: a
+        # socket time-out is what ends a stalled peer (R4).
+        client.settimeout(self.settings.network_timeout)
         server.process_request(client, address)  # pynetdicom reads the untouched socket
 
     def shutdown(self) -> None:
