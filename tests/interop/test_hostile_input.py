@@ -549,15 +549,18 @@ def test_path_tricks_in_uids(
     path = part10(tmp_path / "trick.dcm", CT, str(ds.SOPInstanceUID), EXPLICIT_LE, encode(ds))
 
     data_dir = hostile.server.data_dir
-    base = hostile.base.parent  # this session's temp root (every test's tmp dirs)
-    before = _snapshot(base, data_dir)
+    # The server's own temp tree (data_dir's parents up to it) and this test's tmp dir; the
+    # session root is shared with the other xdist worker, so it cannot be compared.
+    roots = (hostile.base, tmp_path)
+    before = {p for r in roots for p in _snapshot(r, data_dir)}
     folders = {Path.cwd(), Path("/"), Path("/tmp"), *data_dir.parents, *(data_dir / "x").parents}
     watched = {f / n for f in folders for n in ("x", "x.dcm")}
     watched = {p for p in watched if not p.exists()}  # must not appear
     status, comment = c_store(hostile.server, path, route)
     assert status == 0xC000, f"path trick {variant} got {status} {comment!r}"
 
-    assert _snapshot(base, data_dir) == before, "files appeared outside data_dir"
+    after = {p for r in roots for p in _snapshot(r, data_dir)}
+    assert after == before, "files appeared outside data_dir"
     for candidate in watched:
         assert not candidate.exists(), f"{candidate} was written"
     storage = data_dir / "storage"
