@@ -128,7 +128,7 @@ def _worker_main(
 
     debug_pdu_logging(settings.debug)
     archive = build_archive(settings, migrate=False)
-    service = DicomService(settings, archive.ingest, archive.registry, workers=workers)
+    service = DicomService(archive, workers=workers)
     if plain is not None:
         service.serve(plain)
     if tls is not None:

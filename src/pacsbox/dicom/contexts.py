@@ -44,23 +44,60 @@ RECEIVE_TRANSFER_SYNTAXES: tuple[str, ...] = (
     "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main Profile / Level 5.1
     "1.2.840.10008.1.2.4.108",  # HEVC/H.265 Main 10 Profile / Level 5.1
 )
-_RECEIVE_SET = frozenset(RECEIVE_TRANSFER_SYNTAXES)
 
 STORAGE_SOP_CLASSES: frozenset[str] = frozenset(
     str(cx.abstract_syntax) for cx in AllStoragePresentationContexts
 )
 VERIFICATION_SOP_CLASS = str(Verification)
+
+#: Query/Retrieve information models (PS3.4 §C.6): C-FIND, C-MOVE and C-GET per model.
+QR_FIND_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.2.1.1": "PATIENT",  # Patient Root Q/R Information Model - FIND
+    "1.2.840.10008.5.1.4.1.2.2.1": "STUDY",  # Study Root Q/R Information Model - FIND
+    "1.2.840.10008.5.1.4.1.2.3.1": "PATIENT_STUDY_ONLY",  # Patient/Study Only (retired)
+}
+QR_MOVE_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.2.1.2": "PATIENT",
+    "1.2.840.10008.5.1.4.1.2.2.2": "STUDY",
+    "1.2.840.10008.5.1.4.1.2.3.2": "PATIENT_STUDY_ONLY",
+}
+QR_GET_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.2.1.3": "PATIENT",
+    "1.2.840.10008.5.1.4.1.2.2.3": "STUDY",
+    "1.2.840.10008.5.1.4.1.2.3.3": "PATIENT_STUDY_ONLY",
+}
+QR_SOP_CLASSES: frozenset[str] = frozenset(
+    {*QR_FIND_SOP_CLASSES, *QR_MOVE_SOP_CLASSES, *QR_GET_SOP_CLASSES}
+)
+#: Identifiers (command data sets) are small: the uncompressed syntaxes only (PS3.5 §10).
+QR_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
+)
+
 #: Abstract syntaxes the Storage/Verification SCP accepts.
 ACCEPTED_ABSTRACT_SYNTAXES: frozenset[str] = STORAGE_SOP_CLASSES | {VERIFICATION_SOP_CLASS}
+#: Everything any of our SCPs accepts.
+ALL_ABSTRACT_SYNTAXES: frozenset[str] = ACCEPTED_ABSTRACT_SYNTAXES | QR_SOP_CLASSES
+
+
+def _syntaxes_for(abstract: str) -> tuple[str, ...]:
+    return QR_TRANSFER_SYNTAXES if abstract in QR_SOP_CLASSES else RECEIVE_TRANSFER_SYNTAXES
 
 
 def default_contexts() -> list[PresentationContext]:
     """Supported contexts for the AE as a whole (used when no per-association list is built)."""
     out = []
-    for uid in sorted(ACCEPTED_ABSTRACT_SYNTAXES):
+    for uid in sorted(ALL_ABSTRACT_SYNTAXES):
         cx = PresentationContext()
         cx.abstract_syntax = UID(uid)
-        cx.transfer_syntax = [UID(ts) for ts in RECEIVE_TRANSFER_SYNTAXES]
+        cx.transfer_syntax = [UID(ts) for ts in _syntaxes_for(uid)]
+        if uid in STORAGE_SOP_CLASSES:
+            # SCP/SCU role selection (PS3.7 §D.3.3.4): C-GET sub-operations go back to the
+            # requestor on its own association, so we accept whatever roles it proposes.
+            cx.scu_role = True
+            cx.scp_role = True
         out.append(cx)
     return out
 
@@ -77,12 +114,13 @@ def contexts_for_request(
     by_abstract: dict[str, list[str]] = {}
     for rq in requested:
         abstract = str(rq.abstract_syntax)
-        if abstract not in ACCEPTED_ABSTRACT_SYNTAXES:
+        if abstract not in ALL_ABSTRACT_SYNTAXES:
             continue
         order = by_abstract.setdefault(abstract, [])
+        ours = _syntaxes_for(abstract)
         for ts in rq.transfer_syntax:
             ts = str(ts)
-            if ts in _RECEIVE_SET and ts not in order:
+            if ts in ours and ts not in order:
                 order.append(ts)
     out = []
     for abstract, order in by_abstract.items():
@@ -94,5 +132,8 @@ def contexts_for_request(
         cx = PresentationContext()
         cx.abstract_syntax = UID(abstract)
         cx.transfer_syntax = [UID(ts) for ts in order]
+        if abstract in STORAGE_SOP_CLASSES:
+            cx.scu_role = True  # C-GET role selection, see default_contexts()
+            cx.scp_role = True
         out.append(cx)
     return out

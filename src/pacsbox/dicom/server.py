@@ -19,7 +19,7 @@ import socketserver
 import ssl
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pynetdicom
 from pynetdicom import AE, evt
@@ -27,9 +27,9 @@ from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacsbox import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from pacsbox.archive.ingest import Ingest
-from pacsbox.archive.registry import AERegistry
 from pacsbox.dicom.contexts import contexts_for_request, default_contexts
+from pacsbox.dicom.scp.find import FindSCP
+from pacsbox.dicom.scp.retrieve import RetrieveSCP
 from pacsbox.dicom.scp.storage import StorageSCP, handle_echo
 from pacsbox.dicom.storage_acceptor import (
     PeerGone,
@@ -38,6 +38,9 @@ from pacsbox.dicom.storage_acceptor import (
     peek_associate_rq,
 )
 from pacsbox.settings import Settings
+
+if TYPE_CHECKING:
+    from pacsbox.app import Archive
 
 log = logging.getLogger("pacsbox.dicom")
 
@@ -123,13 +126,15 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
 class DicomService:
     """The DICOM side of one worker process: access control, logging, SCP handlers."""
 
-    def __init__(
-        self, settings: Settings, ingest: Ingest, registry: AERegistry, workers: int = 1
-    ) -> None:
+    def __init__(self, archive: Archive, workers: int = 1) -> None:
+        settings = archive.settings
         self.settings = settings
-        self.ingest = ingest
-        self.registry = registry
+        self.archive = archive
+        self.ingest = ingest = archive.ingest
+        self.registry = registry = archive.registry
         self.storage = StorageSCP(ingest)
+        self.find = FindSCP(archive)
+        self.retrieve = RetrieveSCP(archive)
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         self.ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
@@ -226,6 +231,8 @@ class DicomService:
             (evt.EVT_ABORTED, self.on_ended),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, self.storage.handle_store),
+            *self.find.handlers(),
+            *self.retrieve.handlers(),
         ]
 
     # -- listening ----------------------------------------------------------------------
