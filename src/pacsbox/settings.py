@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     tls_ca: Path | None = None
     debug: bool = False
+    # Query (SPEC B1-B2, PS3.4 Annex C).
+    pn_case_insensitive: bool = True
+    relational_queries: bool = True
     # Time-outs (R4), seconds.
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)
@@ -203,6 +206,8 @@ patient_id_conflict = "accept" # accept | reject (A703)
 # tls_key = "tls/server.key"
 # tls_ca = "tls/ca.crt"         # when set, client certificates are required and verified
 debug = false
+pn_case_insensitive = true     # C-FIND: person names match regardless of case
+relational_queries = true      # C-FIND: keys of lower levels restrict results (PS3.4 C.4.1.2.2)
 """
 
 

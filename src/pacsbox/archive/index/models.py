@@ -53,6 +53,9 @@ class Patient(Base):
     patient_id: Mapped[str] = mapped_column(String(64), default="")
     issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
     patient_name: Mapped[str] = mapped_column(PN, default="", index=True)
+    #: Upper-cased, normalised Patient's Name for case-insensitive matching (migration 0002;
+    #: written by the index writer, see archive.query.search_name).
+    patient_name_search: Mapped[str] = mapped_column(PN, default="")
     patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
     patient_birth_time: Mapped[str] = mapped_column(String(16), default="")
     patient_sex: Mapped[str] = mapped_column(String(16), default="")
@@ -71,7 +74,7 @@ class Study(Base):
     patient_fk: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
     study_date: Mapped[str] = mapped_column(String(8), default="", index=True)
     study_time: Mapped[str] = mapped_column(String(16), default="")
-    accession_number: Mapped[str] = mapped_column(String(64), default="", index=True)
+    accession_number: Mapped[str] = mapped_column(String(64), default="")
     study_id: Mapped[str] = mapped_column(String(64), default="")
     study_description: Mapped[str] = mapped_column(String(256), default="")
     referring_physician_name: Mapped[str] = mapped_column(PN, default="")
@@ -141,6 +144,24 @@ class Instance(Base):
 
 
 Index("ix_instance_received_at", Instance.received_at)
+
+# Query indexes (migration 0002, archive/query.py). On PostgreSQL the columns matched with
+# wildcards get the varchar_pattern_ops operator class, which serves both = and LIKE 'ABC%'
+# whatever the database collation.
+_PATTERN = "varchar_pattern_ops"
+Index(
+    "ix_patient_patient_name_search",
+    Patient.patient_name_search,
+    postgresql_ops={"patient_name_search": _PATTERN},
+)
+Index("ix_patient_patient_id", Patient.patient_id, postgresql_ops={"patient_id": _PATTERN})
+Index(
+    "ix_study_accession_number",
+    Study.accession_number,
+    postgresql_ops={"accession_number": _PATTERN},
+)
+Index("ix_study_study_id", Study.study_id, postgresql_ops={"study_id": _PATTERN})
+Index("ix_series_modality_study_fk", Series.modality, Series.study_fk)
 
 
 class RemoteAE(Base):

@@ -25,6 +25,19 @@ from sqlalchemy import Connection, Engine, Table, func, select
 from pacsbox.archive.header import InstanceHeader
 from pacsbox.archive.index.models import Instance, Patient, Series, Study
 
+
+def search_name(name: str | None) -> str:
+    """The normalised person-name search value of ``patient.patient_name_search``: upper
+    case (Unicode-aware, in Python so every database agrees), empty trailing components and
+    component groups removed. The query engine normalises Patient's Name keys the same way
+    (PS3.4 §C.2.2.2.1, case-insensitive PN matching)."""
+    text = (name or "").strip()
+    groups = [g.rstrip("^ ") for g in text.split("=")]
+    while groups and not groups[-1]:
+        groups.pop()
+    return "=".join(groups).upper()[:324]
+
+
 PATIENT: Table = Patient.__table__  # type: ignore[assignment]
 STUDY: Table = Study.__table__  # type: ignore[assignment]
 SERIES: Table = Series.__table__  # type: ignore[assignment]
@@ -261,6 +274,8 @@ class IndexTransaction:
         if new_series:
             # Demographics: the newest non-empty values win (a corrected name replaces the old).
             demo = {k: v for k, v in hdr.patient.items() if v and k != "patient_id"}
+            if "patient_name" in demo:
+                demo["patient_name_search"] = search_name(demo["patient_name"])
             sets = "".join(f", {k} = ?" for k in demo)
             self.cur.execute(
                 q(
@@ -314,6 +329,7 @@ class IndexTransaction:
                 pid,
                 {
                     **hdr.patient,
+                    "patient_name_search": search_name(hdr.patient.get("patient_name")),
                     "num_studies": 0,
                     "num_series": 0,
                     "num_instances": 0,
