@@ -1,0 +1,215 @@
+"""Instance selection for C-MOVE / C-GET (PS3.4 §C.4.2.1.4, §C.4.3.1.3; SPEC B3, B5).
+
+A retrieve identifier names what to send by its Query/Retrieve Level (0008,0052) and the
+unique key of that level (PS3.4 §C.2.2.1, §C.4.2.1.4.1):
+
+    PATIENT  Patient ID (0010,0020)            one value
+    STUDY    Study Instance UID (0020,000D)    one or more UIDs (``\\``-separated list)
+    SERIES   Series Instance UID (0020,000E)   one or more UIDs
+    IMAGE    SOP Instance UID (0008,0018)      one or more UIDs
+
+Hierarchical identifiers also carry the unique keys of the levels above (§C.4.2.1.4.1); when
+present they restrict the selection further. Relational identifiers need not (§C.4.2.1.4.2).
+Which levels a model allows is checked by the SCP (Patient Root, Study Root,
+Patient/Study Only); this module only turns a valid request into SQL over the index tables.
+
+``RetrieveSelection.count()`` answers first (the sub-operation total of the first response),
+then ``iter()`` streams the matching instances ordered by study, series number and instance
+number, so nothing holds a whole study in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine, Select, Table, and_, func, select
+
+from pacsbox.archive.index.models import Instance, Patient, Series, Study
+
+INSTANCE: Table = Instance.__table__  # type: ignore[assignment]
+SERIES: Table = Series.__table__  # type: ignore[assignment]
+STUDY: Table = Study.__table__  # type: ignore[assignment]
+PATIENT: Table = Patient.__table__  # type: ignore[assignment]
+
+LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+#: Unique key keyword of each level (PS3.4 §C.6.1.1 / §C.6.2.1).
+UNIQUE_KEYS = {
+    "PATIENT": "PatientID",
+    "STUDY": "StudyInstanceUID",
+    "SERIES": "SeriesInstanceUID",
+    "IMAGE": "SOPInstanceUID",
+}
+#: More UIDs than this in one key is refused (a bounded IN list on every database).
+MAX_LIST_VALUES = 10_000
+_LAST = 2_147_483_647  # sorts NULL numbers last on every database
+
+
+class SelectionError(ValueError):
+    """The identifier cannot select instances (C-MOVE/C-GET status A900)."""
+
+
+@dataclass(frozen=True)
+class RetrieveItem:
+    """One instance to send: where its file is and how it is encoded."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    size: int
+    storage_format: str = "part10"
+
+
+@dataclass
+class RetrieveRequest:
+    """The level and the unique key values of a retrieve identifier."""
+
+    level: str
+    patient_id: str | None = None
+    study_uids: list[str] = field(default_factory=list)
+    series_uids: list[str] = field(default_factory=list)
+    sop_uids: list[str] = field(default_factory=list)
+
+
+def _values(value: object) -> list[str]:
+    """A DICOM value (str, list, MultiValue, None) as a list of stripped non-empty strings."""
+    if value is None:
+        return []
+    if isinstance(value, str | bytes):
+        raw = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+        items: Sequence[object] = raw.split("\\")
+    else:
+        try:
+            items = list(value)  # type: ignore[call-overload]
+        except TypeError:
+            items = [value]
+    out = [str(v).strip().rstrip("\x00").strip() for v in items]
+    return [v for v in out if v]
+
+
+def request_from_identifier(identifier: object, allowed_levels: Sequence[str]) -> RetrieveRequest:
+    """Read level and unique keys from a pydicom Dataset identifier (PS3.4 §C.4.2.1.4).
+
+    Raises SelectionError when the level is missing or not allowed by the information
+    model, or when the level's unique key is missing or empty; a universal match (``*``)
+    is not a unique key value and is refused the same way.
+    """
+    get = getattr(identifier, "get", None)
+    if get is None:
+        raise SelectionError("no identifier")
+    level = str(get("QueryRetrieveLevel", "") or "").strip().upper()
+    if not level:
+        raise SelectionError("Query/Retrieve Level (0008,0052) is missing")
+    if level not in allowed_levels:
+        raise SelectionError(
+            f"Query/Retrieve Level {level!r} is not valid for this information model "
+            f"(allowed: {', '.join(allowed_levels)})"
+        )
+    req = RetrieveRequest(level)
+    pid = _values(get("PatientID", None))
+    req.patient_id = pid[0] if pid else None
+    req.study_uids = _values(get("StudyInstanceUID", None))
+    req.series_uids = _values(get("SeriesInstanceUID", None))
+    req.sop_uids = _values(get("SOPInstanceUID", None))
+    own = {
+        "PATIENT": [req.patient_id] if req.patient_id else [],
+        "STUDY": req.study_uids,
+        "SERIES": req.series_uids,
+        "IMAGE": req.sop_uids,
+    }[level]
+    keyword = UNIQUE_KEYS[level]
+    if not own:
+        raise SelectionError(f"{keyword} is required at the {level} level")
+    for values in (req.study_uids, req.series_uids, req.sop_uids):
+        if len(values) > MAX_LIST_VALUES:
+            raise SelectionError(f"more than {MAX_LIST_VALUES} values in a unique key")
+        if any(any(ch in v for ch in "*?") for v in values):
+            raise SelectionError("wildcards are not allowed in a unique key of a retrieve")
+    if level == "PATIENT" and any(ch in (req.patient_id or "") for ch in "*?"):
+        raise SelectionError("wildcards are not allowed in Patient ID of a retrieve")
+    # keys below the level are not allowed (§C.4.2.1.4.1); ignore them rather than fail
+    depth = LEVELS.index(level)
+    if depth < 3:
+        req.sop_uids = []
+    if depth < 2:
+        req.series_uids = []
+    if depth < 1:
+        req.study_uids = []
+    return req
+
+
+class RetrieveSelection:
+    """The instances a retrieve request matches (count, then stream)."""
+
+    def __init__(self, engine: Engine, storage_root: Path, request: RetrieveRequest) -> None:
+        self.engine = engine
+        self.root = Path(storage_root)
+        self.request = request
+
+    def _where(self, stmt: Select) -> Select:
+        r = self.request
+        stmt = (
+            stmt.select_from(INSTANCE)
+            .join(SERIES, SERIES.c.id == INSTANCE.c.series_fk)
+            .join(STUDY, STUDY.c.id == SERIES.c.study_fk)
+        )
+        conds = []
+        if r.patient_id is not None:
+            stmt = stmt.join(PATIENT, PATIENT.c.id == STUDY.c.patient_fk)
+            conds.append(PATIENT.c.patient_id == r.patient_id)
+        if r.study_uids:
+            conds.append(STUDY.c.study_instance_uid.in_(r.study_uids))
+        if r.series_uids:
+            conds.append(SERIES.c.series_instance_uid.in_(r.series_uids))
+        if r.sop_uids:
+            conds.append(INSTANCE.c.sop_instance_uid.in_(r.sop_uids))
+        return stmt.where(and_(*conds))
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(self._where(select(func.count()))).scalar_one())
+
+    def sop_classes(self) -> list[tuple[str, str]]:
+        """Distinct (SOP class, stored transfer syntax) pairs: the contexts to propose."""
+        stmt = self._where(
+            select(INSTANCE.c.sop_class_uid, INSTANCE.c.transfer_syntax_uid).distinct()
+        )
+        with self.engine.connect() as conn:
+            return sorted((str(a), str(b)) for a, b in conn.execute(stmt))
+
+    def iter(self, batch: int = 500) -> Iterator[RetrieveItem]:
+        """Stream the matches, ordered by study, series number and instance number."""
+        stmt = self._where(
+            select(
+                INSTANCE.c.file_path,
+                INSTANCE.c.linked,
+                INSTANCE.c.sop_class_uid,
+                INSTANCE.c.sop_instance_uid,
+                INSTANCE.c.transfer_syntax_uid,
+                INSTANCE.c.file_size,
+                INSTANCE.c.storage_format,
+            )
+        ).order_by(
+            STUDY.c.id,
+            func.coalesce(SERIES.c.series_number, _LAST),
+            SERIES.c.id,
+            func.coalesce(INSTANCE.c.instance_number, _LAST),
+            INSTANCE.c.id,
+        )
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=batch).execute(stmt)
+            for row in result:
+                file_path, linked, sop_class, sop_uid, ts, size, fmt = row
+                path = Path(file_path) if linked else self._path(file_path)
+                yield RetrieveItem(
+                    path, str(sop_class), str(sop_uid), str(ts), int(size or 0), str(fmt)
+                )
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            # never leave the store root: a key like this fails its sub-operation (open fails)
+            return self.root / ".invalid-key" / key.replace("/", "_")
+        return self.root.joinpath(*parts)
