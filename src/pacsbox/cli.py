@@ -1,4 +1,4 @@
-"""The ``pacsbox`` command line: serve, init, ae, import, check, echo, stats.
+"""The ``pacsbox`` command line: serve, init, ae, import, check, echo, find, stats.
 
 Every subcommand takes ``--config FILE`` (else ``$PACSBOX_CONFIG``, else ./pacsbox.toml), so
 operators and scripts act on the same database and data folder as the running archive.
@@ -24,6 +24,10 @@ app = typer.Typer(
 )
 ae_app = typer.Typer(help="The AE registry: remote DICOM nodes allowed to talk to pacsbox.")
 app.add_typer(ae_app, name="ae")
+user_app = typer.Typer(help="Web users, their roles and API tokens (SPEC E3).")
+app.add_typer(user_app, name="user")
+token_app = typer.Typer(help="API tokens (Authorization: Bearer) of a user.")
+user_app.add_typer(token_app, name="token")
 console = Console()
 err = Console(stderr=True)
 
@@ -70,6 +74,16 @@ def init(config: ConfigOpt = None) -> None:
         console.print(f"created {path} with default settings")
     archive = _archive(path)
     console.print(f"index ready: {archive.settings.masked()['database_url']}")
+    from pacsbox.archive.users import UserDirectory
+
+    password = UserDirectory(archive.engine).ensure_default_admin()
+    if password:  # shown once, stored nowhere (docs/admin.md)
+        console.print(
+            "created the administrator account\n"
+            f"    user name: admin\n    password:  {password}\n"
+            "It is shown only this once and must be changed at the first login "
+            "(lost it? pacsbox user passwd admin)."
+        )
 
 
 @app.command()
@@ -324,6 +338,263 @@ def echo(
         f"echo {title}@{host}:{port}: status {status:#06x}" + (" (success)" if status == 0 else "")
     )
     raise typer.Exit(0 if status == 0 else 1)
+
+
+# -- users (SPEC E3) ----------------------------------------------------------------------
+def _users(config: Path | None):  # noqa: ANN202 - archive.users.UserDirectory
+    from pacsbox.archive.users import UserDirectory
+
+    return UserDirectory(_archive(config).engine)
+
+
+def _read_password(given: str | None, from_stdin: bool, confirm: bool = True) -> str:
+    """--password, else one line of stdin (--password-stdin), else a prompt on a terminal."""
+    if given is not None:
+        return given
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        err.print("[red]no password: use --password, --password-stdin or a terminal[/red]")
+        raise typer.Exit(2)
+    return typer.prompt("Password", hide_input=True, confirmation_prompt=confirm)
+
+
+PasswordOpt = Annotated[
+    str | None, typer.Option("--password", help="The password (prompted when omitted)")
+]
+PasswordStdinOpt = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from standard input")
+]
+
+
+def _user_fail(exc: Exception) -> typer.Exit:
+    err.print(f"[red]{exc}[/red]")
+    return typer.Exit(1)
+
+
+@user_app.command("add")
+def user_add(
+    name: str,
+    role: Annotated[str, typer.Option(help="admin, radiologist, technician, viewer or custom")],
+    password: PasswordOpt = None,
+    password_stdin: PasswordStdinOpt = False,
+    full_name: Annotated[str, typer.Option(help="Display name")] = "",
+    must_change: Annotated[
+        bool, typer.Option("--must-change", help="Password must be changed at first login")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Create a web user."""
+    from pacsbox.archive.users import UserError
+
+    users = _users(config)
+    secret = _read_password(password, password_stdin)
+    try:
+        user = users.add(name, role, secret, full_name=full_name, must_change_password=must_change)
+    except UserError as exc:
+        raise _user_fail(exc) from exc
+    console.print(f"added {user.username} (role {user.role}: {', '.join(sorted(user.privileges))})")
+
+
+@user_app.command("passwd")
+def user_passwd(
+    name: str,
+    password: PasswordOpt = None,
+    password_stdin: PasswordStdinOpt = False,
+    must_change: Annotated[
+        bool, typer.Option("--must-change", help="Password must be changed at next login")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Set a user's password (ends the user's sessions)."""
+    from pacsbox.archive.users import UserError
+
+    users = _users(config)
+    if users.get(name) is None:
+        raise _user_fail(f"no user {name!r}")
+    secret = _read_password(password, password_stdin)
+    try:
+        users.set_password(name, secret, must_change=must_change)
+    except UserError as exc:
+        raise _user_fail(exc) from exc
+    console.print(f"password of {name} changed")
+
+
+def _set_enabled(name: str, enabled: bool, config: Path | None) -> None:
+    from pacsbox.archive.users import UserError
+
+    try:
+        _users(config).update(name, enabled=enabled)
+    except UserError as exc:
+        raise _user_fail(exc) from exc
+    console.print(f"{name} {'enabled' if enabled else 'disabled'}")
+
+
+@user_app.command("disable")
+def user_disable(name: str, config: ConfigOpt = None) -> None:
+    """Refuse a user from now on (ends the user's sessions; tokens stop working)."""
+    _set_enabled(name, False, config)
+
+
+@user_app.command("enable")
+def user_enable(name: str, config: ConfigOpt = None) -> None:
+    """Allow a disabled user again."""
+    _set_enabled(name, True, config)
+
+
+@user_app.command("list")
+def user_list(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """List web users."""
+    users = _users(config).list()
+    if as_json:
+        print(json.dumps([u.as_dict() for u in users], default=str, indent=2))
+        return
+    table = Table("user", "role", "enabled", "must change password", "last login")
+    for u in users:
+        table.add_row(
+            u.username,
+            u.role,
+            "yes" if u.enabled else "no",
+            "yes" if u.must_change_password else "",
+            u.last_login_at.isoformat(" ", "seconds") if u.last_login_at else "",
+        )
+    console.print(table)
+
+
+@token_app.command("create")
+def token_create(
+    name: str,
+    label: Annotated[str, typer.Option("--name", help="What the token is for")] = "",
+    expires_days: Annotated[int | None, typer.Option(help="Valid this many days")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create an API token for user NAME; it is printed once, only its hash is kept."""
+    from pacsbox.archive.users import UserError
+
+    try:
+        info, secret = _users(config).create_token(name, label, expires_days)
+    except UserError as exc:
+        raise _user_fail(exc) from exc
+    err.print(f"token {info.id} for {name} (shown only now; use: Authorization: Bearer TOKEN)")
+    print(secret)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: int, config: ConfigOpt = None) -> None:
+    """Revoke an API token by its id (see `pacsbox user token list`)."""
+    from pacsbox.archive.users import UserError
+
+    try:
+        _users(config).revoke_token(token_id)
+    except UserError as exc:
+        raise _user_fail(exc) from exc
+    console.print(f"token {token_id} revoked")
+
+
+@token_app.command("list")
+def token_list(
+    name: Annotated[str | None, typer.Argument(help="Only this user's tokens")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """List API tokens (never their secret)."""
+    table = Table("id", "user", "name", "starts with", "created", "last used", "state")
+    for t in _users(config).tokens(name):
+        table.add_row(
+            str(t.id),
+            t.username,
+            t.name,
+            t.prefix + "…",
+            t.created_at.isoformat(" ", "seconds"),
+            t.last_used_at.isoformat(" ", "seconds") if t.last_used_at else "",
+            "active" if t.active else ("revoked" if t.revoked_at else "expired"),
+        )
+    console.print(table)
+
+
+def _target(target: str, config: Path | None) -> tuple[str, str, int]:
+    """``AE@HOST:PORT`` or a registered AE title → (title, host, port)."""
+    if "@" in target:
+        title, _, hostport = target.partition("@")
+        host, _, port_text = hostport.rpartition(":")
+        try:
+            return title, host, int(port_text)
+        except ValueError as exc:
+            err.print(f"[red]{target}: expected AE@HOST:PORT[/red]")
+            raise typer.Exit(2) from exc
+    entry = _archive(config).registry.get(target)
+    if entry is None:
+        err.print(f"[red]{target} is not registered[/red]")
+        raise typer.Exit(2)
+    return entry.ae_title, entry.host, entry.port
+
+
+def _display(elem) -> str:  # noqa: ANN001 - a pydicom DataElement
+    if elem.VR == "SQ":
+        return f"<{len(elem.value)} item(s)>"
+    value = elem.value
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+@app.command()
+def find(
+    target: Annotated[str, typer.Argument(help="A registered AE title, or AE@HOST:PORT")],
+    key: Annotated[
+        list[str] | None,
+        typer.Option("-k", "--key", help="Keyword=Value or (gggg,eeee)=Value; repeat"),
+    ] = None,
+    level: Annotated[str, typer.Option(help="PATIENT, STUDY, SERIES or IMAGE")] = "STUDY",
+    model: Annotated[str, typer.Option(help="patient, study or patient-study")] = "study",
+    calling: Annotated[str | None, typer.Option(help="Calling AE title")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """C-FIND a remote AE (PS3.4 Annex C), e.g. ``-k PatientName=SMITH* -k StudyDate``."""
+    from pacsbox.dicom.scu import SCUError, parse_key
+    from pacsbox.dicom.scu import find as c_find
+
+    settings = _settings(config)
+    title, host, port = _target(target, config)
+    try:
+        keys = [parse_key(k) for k in key or []]
+        result = c_find(
+            host,
+            port,
+            title,
+            keys,
+            model=model,
+            level=level,
+            calling=calling or settings.ae_title,
+        )
+    except SCUError as exc:
+        err.print(f"[red]find {title}@{host}:{port} failed: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    skip = {0x00080005, 0x00080052}
+    if as_json:
+        out = [
+            {(e.keyword or f"{int(e.tag):08X}"): _display(e) for e in ds if int(e.tag) not in skip}
+            for ds in result.matches
+        ]
+        print(json.dumps({"status": result.status, "comment": result.comment, "matches": out}))
+    else:
+        columns: list[int] = [tag for tag, _ in keys if tag not in skip]
+        for ds in result.matches:
+            columns += [int(e.tag) for e in ds if int(e.tag) not in skip | set(columns)]
+        from pydicom.datadict import keyword_for_tag
+
+        table = Table(*[keyword_for_tag(t) or f"{t:08X}" for t in columns])
+        for ds in result.matches:
+            table.add_row(*[_display(ds[t]) if t in ds else "" for t in columns])
+        console.print(table)
+        status = "no response" if result.status is None else f"{result.status:#06x}"
+        err.print(f"{len(result.matches)} match(es), final status {status} {result.comment}")
+    raise typer.Exit(0 if result.status == 0 else 1)
 
 
 def main() -> None:

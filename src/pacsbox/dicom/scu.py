@@ -130,3 +130,86 @@ def send_files(
         _config.STORE_SEND_CHUNKED_DATASET = chunked
         assoc.release()  # type: ignore[attr-defined]
     return report
+
+
+#: C-FIND SOP classes by model name (PS3.4 §C.6).
+FIND_MODELS = {
+    "patient": "1.2.840.10008.5.1.4.1.2.1.1",
+    "study": "1.2.840.10008.5.1.4.1.2.2.1",
+    "patient-study": "1.2.840.10008.5.1.4.1.2.3.1",
+}
+
+
+@dataclass
+class FindResult:
+    matches: list = field(default_factory=list)  #: the pending responses' identifiers
+    status: int | None = None  #: the final status (None: no response)
+    comment: str = ""
+
+
+def parse_key(text: str) -> tuple[int, str]:
+    """``Keyword=Value``, ``(gggg,eeee)=Value`` or ``ggggeeee=Value`` → (tag, value)."""
+    from pydicom.datadict import tag_for_keyword
+
+    name, _, value = text.partition("=")
+    name = name.strip()
+    tag = tag_for_keyword(name)
+    if tag is None:
+        hexpart = name.strip("()").replace(",", "")
+        try:
+            tag = int(hexpart, 16) if len(hexpart) == 8 else None
+        except ValueError:
+            tag = None
+    if tag is None:
+        raise SCUError(f"unknown attribute {name!r} (use a keyword or (gggg,eeee))")
+    return int(tag), value
+
+
+def find(
+    host: str,
+    port: int,
+    called: str,
+    keys: Sequence[tuple[int, str]],
+    *,
+    model: str = "study",
+    level: str = "STUDY",
+    calling: str = "PACSBOX",
+    tls: ssl.SSLContext | None = None,
+) -> FindResult:
+    """C-FIND (PS3.7 §9.1.2, PS3.4 Annex C) with an identifier built from (tag, value) keys;
+    a value with non-ASCII characters makes the identifier ISO_IR 192 (UTF-8)."""
+    from pydicom.datadict import dictionary_VR
+    from pydicom.dataset import Dataset
+
+    if model not in FIND_MODELS:
+        raise SCUError(f"model must be one of {', '.join(FIND_MODELS)}")
+    ds = Dataset()
+    if any(not v.isascii() for _, v in keys):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.QueryRetrieveLevel = level.upper()
+    for tag, value in keys:
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            vr = "LO"
+        if vr == "SQ":
+            ds.add_new(tag, vr, [])
+        else:
+            ds.add_new(tag, vr, value or None)
+    sop_class = FIND_MODELS[model]
+    ae = _ae(calling)
+    assoc = _associate(ae, host, port, called, tls, [build_context(sop_class)])
+    result = FindResult()
+    try:
+        for status, identifier in assoc.send_c_find(ds, sop_class):  # type: ignore[attr-defined]
+            if "Status" not in status:
+                break
+            code = int(status.Status)
+            if code in (0xFF00, 0xFF01) and identifier is not None:
+                result.matches.append(identifier)
+                continue
+            result.status = code
+            result.comment = str(status.get("ErrorComment", "") or "")
+    finally:
+        assoc.release()  # type: ignore[attr-defined]
+    return result
