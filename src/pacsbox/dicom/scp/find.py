@@ -224,8 +224,13 @@ def _set(ds: Dataset, tag: int, vr: str, value: Any) -> None:
     if value is None or value == "" or value == []:
         ds.add_new(tag, vr, None)
         return
-    if isinstance(value, int):
+    if isinstance(value, int) and vr in ("IS", "DS", "CS", "LO", "SH"):
         value = str(value)
+    elif isinstance(value, str) and vr in ("US", "SS", "UL", "SL", "FL", "FD"):
+        try:
+            value = float(value) if vr in ("FL", "FD") else int(value)
+        except ValueError:
+            value = None
     ds.add_new(tag, vr, value)
 
 
@@ -314,7 +319,7 @@ class FindSCP:
 
         rows = self.engine.run(query)
         count = 0
-        outcome = "completed"
+        outcome = "stopped by the peer or the association"
         try:
             for row in rows:
                 if event.is_cancelled:
@@ -327,6 +332,7 @@ class FindSCP:
                 outcome = "cancelled"
                 yield STATUS_CANCEL, None
                 return
+            outcome = "completed"
         except QueryError as exc:
             outcome = "refused"
             yield _failure(exc.status, str(exc), exc.tag), None
