@@ -223,3 +223,12 @@ def test_results_are_streamed(archive) -> None:
     with archive.engine.connect() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM study")).scalar_one() == 34
     assert len(list(eng.run(Query(Level.STUDY, [match_for("PatientName", "STREAM*")])))) == 30
+
+
+def test_patient_level_age_from_latest_study(archive) -> None:
+    for date, age in (("20200101", "040Y"), ("20240101", "044Y")):
+        ds = make_ct(patient_id="AGE1", patient_name="Aged^Pat")
+        ds.StudyDate, ds.PatientAge, ds.PatientWeight = date, age, "70"
+        _store(archive, ds)
+    rows = _run(archive, Level.PATIENT, Model.PATIENT_ROOT, PatientID="AGE1", PatientAge="")
+    assert rows == [{"PatientID": "AGE1", "PatientAge": "044Y"}]

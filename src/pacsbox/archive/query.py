@@ -239,6 +239,8 @@ _JSON_LEVEL: dict[str, Level] = {
     "Manufacturer": Level.SERIES,
     "ManufacturerModelName": Level.SERIES,
 }
+#: Study-level patient attributes answered at PATIENT level from the patient's latest study.
+_PATIENT_FROM_STUDY = frozenset({"PatientAge", "PatientSize", "PatientWeight"})
 #: Date/time pairs for combined date-time range matching (§C.2.2.2.5.1).
 DATE_TIME_PAIRS = {
     "StudyDate": "StudyTime",
@@ -750,7 +752,9 @@ class QueryEngine:
                 if level == Level.IMAGE or (jlevel is not None and jlevel <= level):
                     json_wanted.append(kw)
                 continue
-            if attr.level > level:
+            if attr.level > level and not (
+                level is Level.PATIENT and attr.keyword in _PATIENT_FROM_STUDY
+            ):
                 continue  # a lower-level attribute has no single value here: returned empty
             col = self._return_column(attr, level)
             if col is None:
