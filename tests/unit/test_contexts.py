@@ -5,6 +5,7 @@ from __future__ import annotations
 from pynetdicom.presentation import build_context
 
 from pacsbox.dicom.contexts import (
+    QR_SOP_CLASSES,
     RECEIVE_TRANSFER_SYNTAXES,
     STORAGE_SOP_CLASSES,
     contexts_for_request,
@@ -45,7 +46,7 @@ def test_conformance_statement_lists_what_we_accept() -> None:
     text = (Path(__file__).parents[2] / "docs" / "conformance.md").read_text()
     missing = [
         uid
-        for uid in STORAGE_SOP_CLASSES | set(RECEIVE_TRANSFER_SYNTAXES)
+        for uid in STORAGE_SOP_CLASSES | set(RECEIVE_TRANSFER_SYNTAXES) | QR_SOP_CLASSES
         if f"| {uid} |" not in text
     ]
     assert not missing, f"docs/conformance.md does not list {missing}"
