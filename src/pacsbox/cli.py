@@ -597,6 +597,160 @@ def find(
     raise typer.Exit(0 if result.status == 0 else 1)
 
 
+def _retrieve_identifier(
+    patient: str | None,
+    study: list[str] | None,
+    series: list[str] | None,
+    instance: list[str] | None,
+) -> object:
+    """Level = the lowest key given; higher keys ride along (hierarchical identifier)."""
+    from pacsbox.dicom.scu import retrieve_identifier
+
+    if instance:
+        level = "IMAGE"
+    elif series:
+        level = "SERIES"
+    elif study:
+        level = "STUDY"
+    elif patient:
+        level = "PATIENT"
+    else:
+        err.print("[red]give --patient, --study, --series or --instance[/red]")
+        raise typer.Exit(2)
+    return retrieve_identifier(level, patient, study or (), series or (), instance or ())
+
+
+def _retrieve_progress(as_json: bool):  # noqa: ANN202 - (progress, callback)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=as_json or not err.is_terminal,
+    )
+    task = progress.add_task("sub-operations", total=None)
+
+    def step(report) -> None:  # noqa: ANN001 - scu.RetrieveReport
+        done = report.completed + report.failed + report.warning
+        total = done + (report.remaining or 0) if report.remaining is not None else None
+        progress.update(task, completed=done, total=total)
+
+    return progress, step
+
+
+def _retrieve_result(report, as_json: bool, what: str) -> None:  # noqa: ANN001
+    status = "no response" if report.status is None else f"{report.status:04X}"
+    if as_json:
+        print(json.dumps(report.as_dict()))
+    else:
+        console.print(
+            f"{what}: status {status}: {report.completed} completed, {report.failed} failed, "
+            f"{report.warning} warning" + (f" ({report.comment})" if report.comment else "")
+        )
+        if report.saved:
+            console.print(f"{len(report.saved)} file(s) saved")
+        for uid in report.failed_uids:
+            console.print(f"  failed: {uid}")
+    raise typer.Exit(0 if report.status == 0 else 1)
+
+
+PatientOpt = Annotated[str | None, typer.Option("--patient", help="Patient ID (PATIENT level)")]
+StudyOpt = Annotated[
+    list[str] | None, typer.Option("--study", help="Study Instance UID; repeat for several")
+]
+SeriesOpt = Annotated[
+    list[str] | None, typer.Option("--series", help="Series Instance UID; repeat")
+]
+InstanceOpt = Annotated[
+    list[str] | None, typer.Option("--instance", help="SOP Instance UID; repeat")
+]
+
+
+@app.command()
+def move(
+    target: Annotated[str, typer.Argument(help="Source: a registered AE title, or AE@HOST:PORT")],
+    to: Annotated[str, typer.Option("--to", help="Move Destination AE title (known to source)")],
+    patient: PatientOpt = None,
+    study: StudyOpt = None,
+    series: SeriesOpt = None,
+    instance: InstanceOpt = None,
+    model: Annotated[str, typer.Option(help="patient, study or patient-study")] = "study",
+    calling: Annotated[str | None, typer.Option(help="Calling AE title")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """C-MOVE a patient/study/series/instances from an AE to a destination AE (PS3.4 C.4.2)."""
+    from pacsbox.dicom.scu import QR_MODELS, SCUError
+    from pacsbox.dicom.scu import move as c_move
+
+    settings = _settings(config)
+    if model not in QR_MODELS:
+        err.print(f"[red]--model must be one of {', '.join(QR_MODELS)}[/red]")
+        raise typer.Exit(2)
+    identifier = _retrieve_identifier(patient, study, series, instance)
+    title, host, port = _target(target, config)
+    progress, step = _retrieve_progress(as_json)
+    try:
+        with progress:
+            report = c_move(
+                host,
+                port,
+                title,
+                to,
+                identifier,
+                model=model,
+                calling=calling or settings.ae_title,
+                progress=step,
+            )
+    except (SCUError, ValueError) as exc:
+        err.print(f"[red]move from {title}@{host}:{port} failed: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    _retrieve_result(report, as_json, f"move {title} -> {to}")
+
+
+@app.command()
+def get(
+    target: Annotated[str, typer.Argument(help="Source: a registered AE title, or AE@HOST:PORT")],
+    folder: Annotated[Path, typer.Argument(help="Where to write the received instances")],
+    patient: PatientOpt = None,
+    study: StudyOpt = None,
+    series: SeriesOpt = None,
+    instance: InstanceOpt = None,
+    model: Annotated[str, typer.Option(help="patient, study or patient-study")] = "study",
+    calling: Annotated[str | None, typer.Option(help="Calling AE title")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """C-GET a patient/study/series/instances from an AE into FOLDER (PS3.4 C.4.3)."""
+    from pacsbox.dicom.scu import QR_MODELS, SCUError
+    from pacsbox.dicom.scu import get as c_get
+
+    settings = _settings(config)
+    if model not in QR_MODELS:
+        err.print(f"[red]--model must be one of {', '.join(QR_MODELS)}[/red]")
+        raise typer.Exit(2)
+    identifier = _retrieve_identifier(patient, study, series, instance)
+    title, host, port = _target(target, config)
+    progress, step = _retrieve_progress(as_json)
+    try:
+        with progress:
+            report = c_get(
+                host,
+                port,
+                title,
+                folder,
+                identifier,
+                model=model,
+                calling=calling or settings.ae_title,
+                progress=step,
+            )
+    except (SCUError, ValueError, OSError) as exc:
+        err.print(f"[red]get from {title}@{host}:{port} failed: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    _retrieve_result(report, as_json, f"get {title} -> {folder}")
+
+
 def main() -> None:
     try:
         app()

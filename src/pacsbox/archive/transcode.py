@@ -71,13 +71,13 @@ def plan_transfer(stored_ts: str, accepted: Sequence[str]) -> TransferPlan:
     if stored_ts in accepted_set:
         return TransferPlan(True)
     targets = [ts for ts in UNCOMPRESSED_TARGETS if ts in accepted_set]
-    targets += [ts for ts in LOSSLESS_TARGETS if ts in accepted_set and _can_encode(ts)]
-    if stored_ts not in NATIVE_SYNTAXES and not _can_decode(stored_ts):
+    targets += [ts for ts in LOSSLESS_TARGETS if ts in accepted_set and can_encode(ts)]
+    if stored_ts not in NATIVE_SYNTAXES and not can_decode(stored_ts):
         return TransferPlan(False, ())
     return TransferPlan(False, tuple(targets))
 
 
-def _can_decode(ts: str) -> bool:
+def can_decode(ts: str) -> bool:
     from pydicom.pixels import get_decoder
 
     try:
@@ -86,7 +86,7 @@ def _can_decode(ts: str) -> bool:
         return False
 
 
-def _can_encode(ts: str) -> bool:
+def can_encode(ts: str) -> bool:
     from pydicom.pixels import get_encoder
 
     try:

@@ -6,8 +6,9 @@ levels and unique keys as in ``archive/retrieve.py``.
 C-MOVE (§C.4.2): the Move Destination is looked up in the AE registry (A801 when unknown,
 disabled or not a destination); the calling AE needs ``allow_retrieve`` (0124 otherwise). One
 outgoing association per C-MOVE proposes, for every SOP class to send, the stored transfer
-syntaxes and Explicit/Implicit VR Little Endian, each in a context of its own (at most 128,
-PS3.8 §9.3.2.2) so the acceptor's answer tells exactly what it takes. Each instance then goes
+syntaxes and Explicit/Implicit VR Little Endian (then the lossless syntaxes we can encode, room
+permitting), each in a context of its own (at most 128, PS3.8 §9.3.2.2) so the acceptor's
+answer tells exactly what it takes. Each instance then goes
 as stored, byte for byte, when its syntax was accepted, else transcoded (archive/transcode.py).
 C-GET (§C.4.3): the sub-operations go back over the requestor's own association on the
 storage contexts it proposed with SCP/SCU role selection (PS3.7 §D.3.3.4).
@@ -56,7 +57,14 @@ from pacsbox.archive.retrieve import (
     request_from_identifier,
 )
 from pacsbox.archive.storage import encode_file_meta
-from pacsbox.archive.transcode import TranscodeError, dataset_offset, plan_transfer, transcode
+from pacsbox.archive.transcode import (
+    LOSSLESS_TARGETS,
+    TranscodeError,
+    can_encode,
+    dataset_offset,
+    plan_transfer,
+    transcode,
+)
 from pacsbox.dicom.contexts import QR_GET_SOP_CLASSES, QR_MOVE_SOP_CLASSES
 from pacsbox.dicom.storage_requestor import (
     AssociationFailed,
@@ -482,23 +490,31 @@ def _write_part10(item: RetrieveItem, ts: str, data: bytes) -> Path:
 def propose_contexts(pairs: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
     """Presentation contexts for a C-MOVE sub-association (SPEC B4).
 
-    For each SOP class: every stored transfer syntax and Explicit/Implicit VR LE, one syntax
-    per context so the acceptor's answer tells exactly which it takes. Over 128 contexts,
-    one context per SOP class lists them all (the acceptor picks one); SOP classes beyond
-    128 are left out and their instances fail.
+    For each SOP class: every stored transfer syntax, then Explicit and Implicit VR LE, one
+    syntax per context so the acceptor's answer tells exactly which it takes; then, if the
+    total stays within 128 (PS3.8 §9.3.2.2), the lossless syntaxes we can encode (JPEG-LS,
+    RLE, JPEG 2000), for peers that take only compressed data. Over 128 single-syntax
+    contexts, one context per SOP class lists them all (the acceptor picks one); SOP classes
+    beyond 128 are left out and their instances fail.
     """
     stored: dict[str, list[str]] = defaultdict(list)
     for sop_class, ts in pairs:
         if ts not in stored[sop_class]:
             stored[sop_class].append(ts)
     per_class: dict[str, list[str]] = {}
+    extra: dict[str, list[str]] = {}
+    lossless = [ts for ts in LOSSLESS_TARGETS if can_encode(ts)]
     for sop_class, syntaxes in stored.items():
         order = list(syntaxes)
         for ts in (EXPLICIT_LE, IMPLICIT_LE):
             if ts not in order:
                 order.append(ts)
         per_class[sop_class] = order
+        extra[sop_class] = [ts for ts in lossless if ts not in order]
     single = [(sc, [ts]) for sc, order in per_class.items() for ts in order]
+    with_extra = single + [(sc, [ts]) for sc, more in extra.items() for ts in more]
+    if len(with_extra) <= MAX_CONTEXTS:
+        return with_extra
     if len(single) <= MAX_CONTEXTS:
         return single
     grouped = [(sc, order) for sc, order in per_class.items()]
