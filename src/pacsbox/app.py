@@ -141,8 +141,18 @@ def _worker_main(
     archive.engine.dispose()
 
 
+def _http_worker_main(settings: Settings, sock: socket.socket, log_queue: Any) -> None:
+    """An HTTP worker (pacsbox.web.server): uvicorn on the socket bound by the parent."""
+    _set_pdeathsig()
+    level = logging.DEBUG if settings.debug else logging.INFO
+    _root_to(logging.handlers.QueueHandler(log_queue), level)
+    from pacsbox.web.server import run_http
+
+    run_http(settings, sock)
+
+
 # -- serve --------------------------------------------------------------------------------
-def banner(settings: Settings, plain: bool, tls: bool) -> str:
+def banner(settings: Settings, plain: bool, tls: bool, http: bool = False) -> str:
     host = settings.bind_address
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     lines = [f"pacsbox {__version__} — archive in {Path(settings.data_dir).resolve()}"]
@@ -153,10 +163,18 @@ def banner(settings: Settings, plain: bool, tls: bool) -> str:
         )
     if tls:
         lines.append(f"  DICOM TLS  {settings.ae_title}@{shown}:{settings.dicom_tls_port}")
-    if settings.http_port or settings.hl7_port:
+    if http:
+        from pacsbox.web.server import http_url
+
+        url = http_url(settings, shown)
+        lines.append(f"  HTTP       {url}/login  (REST API {url}/api/docs, health {url}/health)")
         lines.append(
-            "  HTTP and HL7 listeners are not part of this version yet (ports "
-            f"{settings.http_port}/{settings.hl7_port} stay closed)."
+            "             log in as a user of `pacsbox user list`; "
+            "scripts: HTTP Basic or `pacsbox user token create NAME`"
+        )
+    if settings.hl7_port:
+        lines.append(
+            f"  HL7 is not part of this version yet (port {settings.hl7_port} stays closed)."
         )
     if not settings.permissive_aes:
         lines.append(
@@ -183,14 +201,19 @@ def serve(settings: Settings) -> int:
     _root_to(logging.handlers.QueueHandler(log_queue), level)
 
     archive = build_archive(settings)  # creates data_dir, runs migrations once, here
+    from pacsbox.archive.users import UserDirectory
+
+    first_password = UserDirectory(archive.engine).ensure_default_admin()
     archive.engine.dispose()  # workers open their own connections after fork
 
-    plain_sock = tls_sock = None
+    plain_sock = tls_sock = http_sock = None
     try:
         if settings.dicom_port:
             plain_sock = bind_or_explain(settings.bind_address, settings.dicom_port)
         if settings.dicom_tls_port and settings.tls_enabled:
             tls_sock = bind_or_explain(settings.bind_address, settings.dicom_tls_port)
+        if settings.http_port:
+            http_sock = bind_or_explain(settings.bind_address, settings.http_port)
     except OSError as exc:
         print(f"pacsbox: {exc}", file=sys.stderr)
         listener.stop()
@@ -199,15 +222,34 @@ def serve(settings: Settings) -> int:
     print("Effective settings:", file=sys.stderr)
     for key, value in settings.masked().items():
         print(f"  {key} = {value}", file=sys.stderr)
-    print(banner(settings, plain_sock is not None, tls_sock is not None), flush=True)
+    print(
+        banner(settings, plain_sock is not None, tls_sock is not None, http_sock is not None),
+        flush=True,
+    )
+    if first_password:
+        # shown once, here, and written nowhere else (docs/admin.md "Default administrator")
+        print(
+            "\n  First start: created the administrator account\n"
+            f"      user name: admin\n      password:  {first_password}\n"
+            "  It is shown only this once and must be changed at the first login.\n"
+            "  Lost it? pacsbox user passwd admin\n",
+            flush=True,
+        )
     log.info("pacsbox %s starting with %d DICOM workers", __version__, settings.effective_workers)
 
     if plain_sock is None and tls_sock is None:
-        print("No DICOM port is open (dicom_port = 0 and no TLS); nothing to serve.", flush=True)
+        print("No DICOM port is open (dicom_port = 0 and no TLS).", flush=True)
+    if http_sock is not None and settings.http_workers > 1:
+        # several HTTP processes: Prometheus counters are merged from per-process files
+        metrics_dir = Path(settings.data_dir) / "tmp" / f"metrics-{os.getpid()}"
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        for old in metrics_dir.glob("*.db"):
+            old.unlink()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
     ctx = mp.get_context("fork")
     n = settings.effective_workers
-    procs: dict[int, Any] = {}
+    procs: dict[int | str, Any] = {}
 
     def start(i: int) -> Any:
         proc = ctx.Process(
@@ -226,9 +268,26 @@ def serve(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+
+    def start_http(i: int) -> Any:
+        proc = ctx.Process(
+            target=_http_worker_main,
+            args=(settings, http_sock, log_queue),
+            name=f"http-{i}",
+            daemon=True,
+        )
+        proc.start()
+        return proc
+
+    starters: dict[Any, Any] = {}
     if plain_sock is not None or tls_sock is not None:
         for i in range(n):
             procs[i] = start(i)
+            starters[i] = start
+    if http_sock is not None:
+        for i in range(settings.http_workers):
+            procs[f"http-{i}"] = start_http(i)
+            starters[f"http-{i}"] = start_http
     print("Ready.", flush=True)
     restarts: list[float] = []
     while not stop.wait(0.5):
@@ -240,7 +299,7 @@ def serve(settings: Settings) -> int:
                     log.critical("workers keep dying; stopping")
                     stop.set()
                     break
-                procs[i] = start(i)
+                procs[i] = starters[i](i if isinstance(i, int) else int(i.split("-")[1]))
     log.info("stopping")
     for proc in procs.values():
         if proc.is_alive():
@@ -250,7 +309,7 @@ def serve(settings: Settings) -> int:
         proc.join(max(0.1, deadline - time.monotonic()))
         if proc.is_alive():
             proc.kill()
-    for sock in (plain_sock, tls_sock):
+    for sock in (plain_sock, tls_sock, http_sock):
         if sock is not None:
             sock.close()
     listener.stop()

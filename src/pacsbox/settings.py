@@ -60,6 +60,16 @@ class Settings(BaseSettings):
     # Query (SPEC B1-B2, PS3.4 Annex C).
     pn_case_insensitive: bool = True
     relational_queries: bool = True
+    # HTTP (SPEC E3, E8, R3): web server processes, HTTPS, sessions, login throttling.
+    http_workers: int = Field(1, ge=1, le=64, description="HTTP worker processes")
+    http_tls_cert: Path | None = None
+    http_tls_key: Path | None = None
+    session_idle_timeout: int = Field(3600, ge=60, description="s without a request")
+    session_max_age: int = Field(43200, ge=60, description="s after login")
+    login_max_failures: int = Field(5, ge=1, description="per user name before back-off")
+    login_max_failures_ip: int = Field(20, ge=1, description="per client address")
+    login_max_lockout: int = Field(900, ge=1, description="longest back-off, s")
+    metrics_token: str | None = None
     # Time-outs (R4), seconds.
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)
@@ -109,7 +119,9 @@ class Settings(BaseSettings):
             self.log_dir = self.data_dir / "log"
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be set together")
-        for name in ("tls_cert", "tls_key", "tls_ca"):
+        if (self.http_tls_cert is None) != (self.http_tls_key is None):
+            raise ValueError("http_tls_cert and http_tls_key must be set together")
+        for name in ("tls_cert", "tls_key", "tls_ca", "http_tls_cert", "http_tls_key"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name}: file {path} does not exist")
@@ -123,6 +135,15 @@ class Settings(BaseSettings):
         return self.tls_cert is not None and self.tls_key is not None
 
     @property
+    def http_tls_files(self) -> tuple[Path, Path] | None:
+        """(cert, key) for HTTPS: ``http_tls_cert/key``, else the DICOM ``tls_cert/key``."""
+        if self.http_tls_cert is not None and self.http_tls_key is not None:
+            return self.http_tls_cert, self.http_tls_key
+        if self.tls_cert is not None and self.tls_key is not None:
+            return self.tls_cert, self.tls_key
+        return None
+
+    @property
     def effective_workers(self) -> int:
         return self.workers or max(1, os.cpu_count() or 1)
 
@@ -133,6 +154,8 @@ class Settings(BaseSettings):
             value = getattr(self, key)
             if key == "database_url" and value:
                 value = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1****@", value)
+            if key == "metrics_token" and value:
+                value = "****"
             out[key] = str(value) if isinstance(value, Path) else value
         return out
 
@@ -160,7 +183,16 @@ def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any
         except (tomllib.TOMLDecodeError, OSError) as exc:
             raise SettingsError(f"cannot read config file {path}: {exc}") from exc
         base = path.resolve().parent
-        for key in ("data_dir", "backup_dir", "log_dir", "tls_cert", "tls_key", "tls_ca"):
+        for key in (
+            "data_dir",
+            "backup_dir",
+            "log_dir",
+            "tls_cert",
+            "tls_key",
+            "tls_ca",
+            "http_tls_cert",
+            "http_tls_key",
+        ):
             if isinstance(file_values.get(key), str) and not os.path.isabs(file_values[key]):
                 file_values[key] = str(base / file_values[key])
     elif config is not None or os.environ.get("PACSBOX_CONFIG"):
@@ -206,6 +238,17 @@ patient_id_conflict = "accept" # accept | reject (A703)
 # tls_key = "tls/server.key"
 # tls_ca = "tls/ca.crt"         # when set, client certificates are required and verified
 debug = false
+# HTTP (web UI, REST API, later DICOMweb): http_port above; HTTPS with tls_cert/tls_key, or
+# with a certificate of its own:
+# http_tls_cert = "tls/web.crt"
+# http_tls_key = "tls/web.key"
+http_workers = 1               # HTTP worker processes (sessions and throttling live in the DB)
+session_idle_timeout = 3600    # s: a login session ends after this long without a request
+session_max_age = 43200        # s: and at the latest this long after login
+login_max_failures = 5         # failed logins per user name before back-off (429)
+login_max_failures_ip = 20     # failed logins per client address before back-off
+login_max_lockout = 900        # s: longest back-off
+# metrics_token = "long-random-secret"   # Bearer token Prometheus may use for /metrics
 pn_case_insensitive = true     # C-FIND: person names match regardless of case
 relational_queries = true      # C-FIND: keys of lower levels restrict results (PS3.4 C.4.1.2.2)
 """

@@ -1,0 +1,992 @@
+"""The REST API under ``/api`` (JSON) for the web UI and scripts (SPEC E3, E4, R3).
+
+Each route names its privilege in ``Depends(require(...))``. Protocol code only: the work is
+done by the archive services (users, registry, ingest, deletion, audit, query engine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from pacsbox.archive.deletion import NotFound
+from pacsbox.archive.index.writer import INSTANCE, PATIENT, SERIES, STUDY
+from pacsbox.archive.ingest import IngestRefused
+from pacsbox.archive.registry import AEEntry, RegistryError
+from pacsbox.archive.storage import InvalidUID, check_uid
+from pacsbox.archive.users import UserError
+from pacsbox.web.auth import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    Principal,
+    check_password_login,
+    client_address,
+    context,
+    require,
+)
+
+router = APIRouter()
+
+MAX_UPLOAD_FILES = 1000
+UPLOAD_SOURCE_AE = "HTTP"
+
+
+def _uid(value: str, what: str = "UID") -> str:
+    """A UID path parameter (PS3.5 §9.1): anything else is a 400, never a file-system path."""
+    try:
+        return check_uid(value, what)
+    except InvalidUID as exc:
+        raise HTTPException(400, str(exc)) from exc
+
+
+def _bad(exc: Exception) -> HTTPException:
+    return HTTPException(400, str(exc))
+
+
+# == authentication ========================================================================
+class LoginBody(BaseModel):
+    username: str = Field(max_length=256)
+    password: str = Field(max_length=1024)
+
+
+@router.post("/login", tags=["auth"], summary="Log in: sets the session cookie")
+async def login(request: Request) -> JSONResponse:
+    """No authentication. JSON ``{"username", "password"}`` or a form. Answers the user, the
+    CSRF token to send in ``X-CSRF-Token`` and sets the HttpOnly session cookie; 401 on
+    wrong credentials, 429 + Retry-After while backed off."""
+    ctx = context(request)
+    ctype = request.headers.get("content-type", "")
+    try:
+        if ctype.startswith("application/json"):
+            body = LoginBody.model_validate(await request.json())
+        else:
+            form = await request.form()
+            body = LoginBody.model_validate(
+                {"username": form.get("username", ""), "password": form.get("password", "")}
+            )
+    except Exception as exc:
+        raise HTTPException(400, "send username and password (JSON or form)") from exc
+    client = client_address(request)
+    user = await run_in_threadpool(check_password_login, ctx, body.username, body.password, client)
+    request.state.user = user.username
+    max_age = ctx.settings.session_max_age
+    sid, csrf = await run_in_threadpool(ctx.users.create_session, user, client, max_age)
+    ctx.audit.record("login", user=user.username, client=client, detail="session")
+    response = JSONResponse({"user": _user_json(user), "csrf_token": csrf})
+    secure = request.url.scheme == "https"
+    response.set_cookie(
+        SESSION_COOKIE, sid, max_age=max_age, httponly=True, secure=secure, samesite="strict"
+    )
+    response.set_cookie(
+        CSRF_COOKIE, csrf, max_age=max_age, httponly=False, secure=secure, samesite="strict"
+    )
+    return response
+
+
+@router.post("/logout", tags=["auth"], summary="End the session")
+def logout(
+    request: Request, p: Principal = Depends(require(None, allow_password_change=True))
+) -> JSONResponse:
+    ctx = context(request)
+    sid = request.cookies.get(SESSION_COOKIE)
+    if p.method == "session" and sid:
+        ctx.users.end_session(sid)
+    ctx.audit.record("logout", user=p.username, client=p.client)
+    response = JSONResponse({"ok": True})
+    response.delete_cookie(SESSION_COOKIE)
+    response.delete_cookie(CSRF_COOKIE)
+    return response
+
+
+def _user_json(user: Any) -> dict[str, Any]:
+    out = user.as_dict()
+    out.pop("id", None)
+    return _jsonable(out)
+
+
+@router.get("/me", tags=["auth"], summary="The calling user")
+def me(p: Principal = Depends(require(None, allow_password_change=True))) -> dict[str, Any]:
+    out = {"user": _user_json(p.user), "auth": p.method}
+    if p.session is not None:
+        out["csrf_token"] = p.session.csrf_token
+        out["session_expires_at"] = p.session.expires_at
+    return out
+
+
+class PasswordChange(BaseModel):
+    current_password: str = Field(max_length=1024)
+    new_password: str = Field(max_length=1024)
+
+
+@router.post("/me/password", tags=["auth"], summary="Change one's own password")
+def change_password(
+    body: PasswordChange,
+    request: Request,
+    p: Principal = Depends(require(None, allow_password_change=True)),
+) -> dict[str, Any]:
+    """Needs the current password. Ends the user's other sessions."""
+    ctx = context(request)
+    check_password_login(ctx, p.username, body.current_password, p.client)
+    if body.new_password == body.current_password:
+        raise HTTPException(400, "the new password must differ from the current one")
+    try:
+        user = ctx.users.set_password(
+            p.username,
+            body.new_password,
+            keep_session=p.session.id_hash if p.session else None,
+        )
+    except UserError as exc:
+        raise _bad(exc) from exc
+    ctx.audit.record(
+        "admin",
+        user=p.username,
+        client=p.client,
+        object=f"user:{p.username}",
+        detail="password changed",
+    )
+    return {"user": _user_json(user)}
+
+
+# == API tokens (one's own) ================================================================
+class TokenCreate(BaseModel):
+    name: str = Field("", max_length=128)
+    expires_days: int | None = Field(None, ge=1, le=3650)
+
+
+@router.get("/tokens", tags=["tokens"], summary="My API tokens")
+def list_tokens(request: Request, p: Principal = Depends(require(None))) -> list[dict[str, Any]]:
+    return [t.as_dict() for t in context(request).users.tokens(p.username)]
+
+
+@router.post("/tokens", tags=["tokens"], status_code=201, summary="Create an API token")
+def create_token(
+    body: TokenCreate, request: Request, p: Principal = Depends(require(None))
+) -> dict[str, Any]:
+    """The token is in the answer once; only its hash is stored."""
+    ctx = context(request)
+    info, secret = ctx.users.create_token(p.username, body.name, body.expires_days)
+    ctx.audit.record(
+        "admin",
+        user=p.username,
+        client=p.client,
+        object=f"token:{info.id}",
+        detail=f"API token created ({body.name})",
+    )
+    return {**_jsonable(info.as_dict()), "token": secret}
+
+
+@router.delete("/tokens/{token_id}", tags=["tokens"], summary="Revoke one of my API tokens")
+def revoke_token(
+    token_id: int, request: Request, p: Principal = Depends(require(None))
+) -> dict[str, Any]:
+    ctx = context(request)
+    username = None if p.user.has("admin") else p.username
+    try:
+        info = ctx.users.revoke_token(token_id, username)
+    except UserError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    ctx.audit.record(
+        "admin",
+        user=p.username,
+        client=p.client,
+        object=f"token:{token_id}",
+        detail="API token revoked",
+    )
+    return info.as_dict()
+
+
+# == users and roles (admin) ===============================================================
+class UserCreate(BaseModel):
+    username: str = Field(max_length=64)
+    role: str = Field(max_length=64)
+    password: str = Field(max_length=1024)
+    full_name: str = Field("", max_length=128)
+    must_change_password: bool = False
+
+
+class UserPatch(BaseModel):
+    role: str | None = Field(None, max_length=64)
+    enabled: bool | None = None
+    full_name: str | None = Field(None, max_length=128)
+    password: str | None = Field(None, max_length=1024)
+    must_change_password: bool | None = None
+
+
+@router.get("/users", tags=["users"], summary="List users")
+def list_users(request: Request, _p: Principal = Depends(require("admin"))) -> list[dict]:
+    return [_user_json(u) for u in context(request).users.list()]
+
+
+@router.post("/users", tags=["users"], status_code=201, summary="Create a user")
+def create_user(
+    body: UserCreate, request: Request, p: Principal = Depends(require("admin"))
+) -> dict[str, Any]:
+    ctx = context(request)
+    try:
+        user = ctx.users.add(
+            body.username,
+            body.role,
+            body.password,
+            full_name=body.full_name,
+            must_change_password=body.must_change_password,
+        )
+    except UserError as exc:
+        raise _bad(exc) from exc
+    ctx.audit.record(
+        "admin",
+        user=p.username,
+        client=p.client,
+        object=f"user:{user.username}",
+        detail=f"user created (role {user.role})",
+    )
+    return _user_json(user)
+
+
+@router.get("/users/{username}", tags=["users"], summary="One user")
+def get_user(
+    username: str, request: Request, _p: Principal = Depends(require("admin"))
+) -> dict[str, Any]:
+    user = context(request).users.get(username)
+    if user is None:
+        raise HTTPException(404, f"no user {username!r}")
+    return _user_json(user)
+
+
+@router.patch("/users/{username}", tags=["users"], summary="Change a user")
+def patch_user(
+    username: str, body: UserPatch, request: Request, p: Principal = Depends(require("admin"))
+) -> dict[str, Any]:
+    ctx = context(request)
+    if ctx.users.get(username) is None:
+        raise HTTPException(404, f"no user {username!r}")
+    if username == p.username and (body.enabled is False or (body.role and body.role != "admin")):
+        raise HTTPException(400, "an administrator cannot disable or demote themselves")
+    try:
+        user = ctx.users.update(
+            username, role=body.role, enabled=body.enabled, full_name=body.full_name
+        )
+        if body.password is not None:
+            user = ctx.users.set_password(
+                username, body.password, must_change=bool(body.must_change_password)
+            )
+    except UserError as exc:
+        raise _bad(exc) from exc
+    changed = [k for k, v in body.model_dump().items() if v is not None and k != "password"]
+    if body.password is not None:
+        changed.append("password")
+    ctx.audit.record(
+        "admin",
+        user=p.username,
+        client=p.client,
+        object=f"user:{username}",
+        detail="changed: " + ", ".join(changed),
+    )
+    return _user_json(user)
+
+
+@router.delete("/users/{username}", tags=["users"], summary="Remove a user")
+def delete_user(
+    username: str, request: Request, p: Principal = Depends(require("admin"))
+) -> dict[str, Any]:
+    ctx = context(request)
+    if username == p.username:
+        raise HTTPException(400, "an administrator cannot remove themselves")
+    try:
+        ctx.users.remove(username)
+    except UserError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    ctx.audit.record(
+        "admin", user=p.username, client=p.client, object=f"user:{username}", detail="user removed"
+    )
+    return {"removed": username}
+
+
+class RoleCreate(BaseModel):
+    name: str = Field(max_length=64)
+    privileges: list[str]
+    description: str = Field("", max_length=255)
+
+
+@router.get("/roles", tags=["users"], summary="Roles and their privileges")
+def list_roles(request: Request, _p: Principal = Depends(require("admin"))) -> list[dict]:
+    return [r.as_dict() for r in context(request).users.roles()]
+
+
+@router.post("/roles", tags=["users"], status_code=201, summary="Create a custom role")
+def create_role(
+    body: RoleCreate, request: Request, p: Principal = Depends(require("admin"))
+) -> dict[str, Any]:
+    ctx = context(request)
+    try:
+        role = ctx.users.add_role(body.name, body.privileges, body.description)
+    except UserError as exc:
+        raise _bad(exc) from exc
+    ctx.audit.record(
+        "admin",
+        user=p.username,
+        client=p.client,
+        object=f"role:{role.name}",
+        detail="role created: " + ",".join(role.privileges),
+    )
+    return role.as_dict()
+
+
+@router.delete("/roles/{name}", tags=["users"], summary="Remove a custom role")
+def delete_role(
+    name: str, request: Request, p: Principal = Depends(require("admin"))
+) -> dict[str, Any]:
+    ctx = context(request)
+    try:
+        ctx.users.remove_role(name)
+    except UserError as exc:
+        raise _bad(exc) from exc
+    ctx.audit.record(
+        "admin", user=p.username, client=p.client, object=f"role:{name}", detail="role removed"
+    )
+    return {"removed": name}
+
+
+# == AE registry ===========================================================================
+class AECreate(BaseModel):
+    ae_title: str = Field(max_length=16)
+    host: str = Field(max_length=255)
+    port: int = Field(ge=1, le=65535)
+    enabled: bool = True
+    description: str = Field("", max_length=255)
+    allow_store: bool = True
+    allow_query: bool = True
+    allow_retrieve: bool = True
+    is_destination: bool = True
+    tls: bool = False
+
+
+class AEPatch(BaseModel):
+    host: str | None = Field(None, max_length=255)
+    port: int | None = Field(None, ge=1, le=65535)
+    enabled: bool | None = None
+    description: str | None = Field(None, max_length=255)
+    allow_store: bool | None = None
+    allow_query: bool | None = None
+    allow_retrieve: bool | None = None
+    is_destination: bool | None = None
+    tls: bool | None = None
+
+
+@router.get("/aes", tags=["aes"], summary="Registered AEs")
+def list_aes(request: Request, _p: Principal = Depends(require("view"))) -> list[dict]:
+    return [_jsonable(e.as_dict()) for e in context(request).archive.registry.list()]
+
+
+@router.post("/aes", tags=["aes"], status_code=201, summary="Register an AE")
+def create_ae(
+    body: AECreate, request: Request, p: Principal = Depends(require("admin"))
+) -> dict[str, Any]:
+    ctx = context(request)
+    try:
+        entry = ctx.archive.registry.add(AEEntry(**body.model_dump()))
+    except RegistryError as exc:
+        raise _bad(exc) from exc
+    ctx.audit.record(
+        "admin",
+        user=p.username,
+        client=p.client,
+        object=f"ae:{entry.ae_title}",
+        detail=f"AE registered {entry.host}:{entry.port}",
+    )
+    return entry.as_dict()
+
+
+@router.get("/aes/{title}", tags=["aes"], summary="One registered AE")
+def get_ae(title: str, request: Request, _p: Principal = Depends(require("view"))) -> dict:
+    entry = context(request).archive.registry.get(title)
+    if entry is None:
+        raise HTTPException(404, f"AE title {title!r} is not registered")
+    return entry.as_dict()
+
+
+@router.patch("/aes/{title}", tags=["aes"], summary="Change a registered AE")
+def patch_ae(
+    title: str, body: AEPatch, request: Request, p: Principal = Depends(require("admin"))
+) -> dict[str, Any]:
+    ctx = context(request)
+    if ctx.archive.registry.get(title) is None:
+        raise HTTPException(404, f"AE title {title!r} is not registered")
+    try:
+        entry = ctx.archive.registry.edit(title, **body.model_dump())
+    except RegistryError as exc:
+        raise _bad(exc) from exc
+    ctx.audit.record(
+        "admin",
+        user=p.username,
+        client=p.client,
+        object=f"ae:{title}",
+        detail="AE changed: " + ", ".join(k for k, v in body.model_dump().items() if v is not None),
+    )
+    return entry.as_dict()
+
+
+@router.delete("/aes/{title}", tags=["aes"], summary="Remove a registered AE")
+def delete_ae(
+    title: str, request: Request, p: Principal = Depends(require("admin"))
+) -> dict[str, Any]:
+    ctx = context(request)
+    try:
+        ctx.archive.registry.remove(title)
+    except RegistryError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    ctx.audit.record(
+        "admin", user=p.username, client=p.client, object=f"ae:{title}", detail="AE removed"
+    )
+    return {"removed": title}
+
+
+@router.post("/aes/{title}/echo", tags=["aes"], summary="C-ECHO a registered AE")
+def echo_ae(
+    title: str, request: Request, _p: Principal = Depends(require("forward"))
+) -> dict[str, Any]:
+    """C-ECHO (PS3.7 §9.1.5) from our AE title to the registered node."""
+    from pacsbox.dicom.scu import SCUError, echo
+
+    ctx = context(request)
+    entry = ctx.archive.registry.get(title)
+    if entry is None:
+        raise HTTPException(404, f"AE title {title!r} is not registered")
+    try:
+        status = echo(entry.host, entry.port, entry.ae_title, ctx.settings.ae_title)
+    except SCUError as exc:
+        return {"ae_title": entry.ae_title, "ok": False, "status": None, "message": str(exc)}
+    return {
+        "ae_title": entry.ae_title,
+        "ok": status == 0,
+        "status": f"{status:04X}",
+        "message": "success" if status == 0 else "failure",
+    }
+
+
+# == settings, audit (admin) ===============================================================
+@router.get("/settings", tags=["system"], summary="Effective settings (secrets masked)")
+def get_settings(request: Request, _p: Principal = Depends(require("admin"))) -> dict:
+    return context(request).settings.masked()
+
+
+@router.get("/audit", tags=["system"], summary="Query the audit log (newest first)")
+def get_audit(
+    request: Request,
+    _p: Annotated[Principal, Depends(require("admin"))],
+    user: Annotated[str | None, Query(max_length=64)] = None,
+    action: Annotated[str | None, Query(max_length=16)] = None,
+    outcome: Annotated[str | None, Query(max_length=16)] = None,
+    study_uid: Annotated[str | None, Query(max_length=64)] = None,
+    object: Annotated[str | None, Query(max_length=255)] = None,  # noqa: A002
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=0, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JSONResponse:
+    total, rows = context(request).audit.query(
+        user=user,
+        action=action,
+        outcome=outcome,
+        study_uid=study_uid,
+        object=object,
+        since=_naive(since),
+        until=_naive(until),
+        limit=limit,
+        offset=offset,
+    )
+    return JSONResponse(
+        [_jsonable(r.as_dict()) for r in rows], headers={"X-Total-Count": str(total)}
+    )
+
+
+def _naive(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is None:
+        return value
+    from datetime import UTC
+
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in d.items()}
+
+
+# == archive: upload =======================================================================
+@router.post("/instances", tags=["archive"], summary="Upload DICOM files (multipart)")
+async def upload_instances(
+    request: Request, p: Principal = Depends(require("upload"))
+) -> JSONResponse:
+    """``multipart/form-data`` with one or more file parts (any field name). Each file goes
+    through the ingest path like a C-STORE; the answer lists per file the DICOM status
+    (PS3.4 §B.2.3), the outcome and the UIDs. 200 all stored, 202 some failed, 409 none
+    stored (as STOW-RS, PS3.18 §10.5.3)."""
+    ctx = context(request)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise HTTPException(415, "send multipart/form-data with DICOM files")
+    form = await request.form(max_files=MAX_UPLOAD_FILES, max_fields=100)
+    uploads = [v for _k, v in form.multi_items() if isinstance(v, UploadFile)]
+    if not uploads:
+        raise HTTPException(400, "no file in the upload")
+    spool = Path(ctx.settings.data_dir) / "tmp"
+    spool.mkdir(parents=True, exist_ok=True)
+    results = []
+    for upload in uploads:
+        results.append(await run_in_threadpool(_store_upload, ctx, upload, spool, p))
+    await form.close()
+    stored = sum(r["status"] == "0000" for r in results)
+    failed = len(results) - stored
+    code = 200 if failed == 0 else (202 if stored else 409)
+    body: dict[str, Any] = {"stored": stored, "failed": failed, "results": results}
+    if code == 409:
+        body["error"] = {"status": 409, "message": "no file was stored"}
+    return JSONResponse(body, status_code=code)
+
+
+def _store_upload(ctx: Any, upload: UploadFile, spool: Path, p: Principal) -> dict[str, Any]:
+    name = (upload.filename or "")[:255]
+    fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=spool)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            upload.file.seek(0)
+            while chunk := upload.file.read(1 << 20):
+                out.write(chunk)
+        try:
+            result = ctx.archive.ingest.store_file(Path(tmp), source_ae=UPLOAD_SOURCE_AE)
+        except IngestRefused as exc:
+            ctx.metrics.stored.labels("failed").inc()
+            ctx.audit.record(
+                "store",
+                user=p.username,
+                client=p.client,
+                outcome="failure",
+                object=name,
+                detail=exc.message.replace(tmp, name),
+            )
+            return {
+                "file": name,
+                "status": f"{exc.status:04X}",
+                "outcome": "failed",
+                "message": exc.message.replace(tmp, name),
+            }
+        ctx.metrics.stored.labels(result.outcome).inc()
+        ctx.audit.record(
+            "store",
+            user=p.username,
+            client=p.client,
+            study_uid=result.study_instance_uid,
+            series_uid=result.series_instance_uid,
+            sop_uid=result.sop_instance_uid,
+            detail=f"HTTP upload ({result.outcome})",
+        )
+        return {
+            "file": name,
+            "status": "0000",
+            "outcome": result.outcome,
+            "sop_class_uid": result.sop_class_uid,
+            "sop_instance_uid": result.sop_instance_uid,
+            "series_instance_uid": result.series_instance_uid,
+            "study_instance_uid": result.study_instance_uid,
+        }
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+# == archive: read =========================================================================
+_STUDY_COLS = [
+    STUDY.c.study_instance_uid,
+    STUDY.c.study_date,
+    STUDY.c.study_time,
+    STUDY.c.accession_number,
+    STUDY.c.study_id,
+    STUDY.c.study_description,
+    STUDY.c.referring_physician_name,
+    STUDY.c.modalities_in_study,
+    STUDY.c.institution_name,
+    STUDY.c.num_series,
+    STUDY.c.num_instances,
+    STUDY.c.size_bytes,
+    STUDY.c.source_ae,
+    STUDY.c.received_at,
+    PATIENT.c.patient_id,
+    PATIENT.c.issuer_of_patient_id,
+    PATIENT.c.patient_name,
+    PATIENT.c.patient_birth_date,
+    PATIENT.c.patient_sex,
+]
+_SERIES_COLS = [
+    SERIES.c.series_instance_uid,
+    SERIES.c.modality,
+    SERIES.c.series_number,
+    SERIES.c.series_date,
+    SERIES.c.series_time,
+    SERIES.c.series_description,
+    SERIES.c.body_part_examined,
+    SERIES.c.num_instances,
+    SERIES.c.source_ae,
+    SERIES.c.received_at,
+    STUDY.c.study_instance_uid,
+]
+_INSTANCE_COLS = [
+    INSTANCE.c.sop_instance_uid,
+    INSTANCE.c.sop_class_uid,
+    INSTANCE.c.instance_number,
+    INSTANCE.c.rows,
+    INSTANCE.c.columns,
+    INSTANCE.c.number_of_frames,
+    INSTANCE.c.photometric_interpretation,
+    INSTANCE.c.transfer_syntax_uid,
+    INSTANCE.c.file_size,
+    INSTANCE.c.source_ae,
+    INSTANCE.c.received_at,
+    SERIES.c.series_instance_uid,
+    STUDY.c.study_instance_uid,
+]
+
+
+def _rows(engine: Any, stmt: Any) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [_jsonable(dict(r._mapping)) for r in conn.execute(stmt)]
+
+
+def _audit_read(
+    ctx: Any, p: Principal, what: str, study: str = "", series: str = "", sop: str = ""
+) -> None:
+    ctx.audit.record(
+        "read",
+        user=p.username,
+        client=p.client,
+        study_uid=study,
+        series_uid=series,
+        sop_uid=sop,
+        detail=what,
+    )
+
+
+@router.get("/studies", tags=["archive"], summary="Search studies (the query engine)")
+def search_studies(
+    request: Request,
+    _p: Annotated[Principal, Depends(require("view"))],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> JSONResponse:
+    """Query keys are DICOM keywords with C-FIND matching (PS3.4 §C.2.2.2): ``PatientName=
+    DOE*``, ``StudyDate=20260101-20260131``, ``ModalitiesInStudy=CT``, ``PatientID=...``,
+    ``AccessionNumber=...``, ``StudyInstanceUID=...``. Unknown keys are a 400."""
+    from pacsbox.archive.query import Level, QueryEngine, QueryError, match_for
+    from pacsbox.archive.query import Query as DicomQuery
+
+    ctx = context(request)
+    keys = []
+    for key, value in request.query_params.multi_items():
+        if key in ("limit", "offset"):
+            continue
+        if key not in _SEARCH_KEYS:
+            raise HTTPException(
+                400,
+                f"unknown search key {key[:64]!r}; use one of " + ", ".join(sorted(_SEARCH_KEYS)),
+            )
+        try:
+            keys.append(match_for(key, value))
+        except QueryError as exc:
+            raise HTTPException(400, str(exc)) from exc
+    query = DicomQuery(
+        level=Level.STUDY,
+        keys=keys,
+        include=[k for k in _SEARCH_KEYS if k not in {m.keyword for m in keys}],
+        pn_case_insensitive=ctx.settings.pn_case_insensitive,
+    )
+    try:
+        query.validate()
+        rows = QueryEngine(ctx.archive.engine).run(query)
+        try:
+            page = [
+                {
+                    k: (v if not isinstance(v, datetime) else v.isoformat())
+                    for k, v in row.values.items()
+                }
+                for row in islice(rows, offset, offset + limit)
+            ]
+        finally:
+            rows.close()  # type: ignore[attr-defined]
+    except QueryError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    return JSONResponse(page)
+
+
+_SEARCH_KEYS = frozenset(
+    {
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "StudyID",
+        "StudyDescription",
+        "ReferringPhysicianName",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+    }
+)
+
+
+@router.get("/studies/{study_uid}", tags=["archive"], summary="One study (with patient)")
+def get_study(
+    study_uid: str, request: Request, p: Principal = Depends(require("view"))
+) -> dict[str, Any]:
+    ctx = context(request)
+    uid = _uid(study_uid, "Study Instance UID")
+    rows = _rows(
+        ctx.archive.engine,
+        select(*_STUDY_COLS)
+        .join(PATIENT, PATIENT.c.id == STUDY.c.patient_fk)
+        .where(STUDY.c.study_instance_uid == uid),
+    )
+    if not rows:
+        raise HTTPException(404, f"no study {uid}")
+    _audit_read(ctx, p, "study details", study=uid)
+    return rows[0]
+
+
+@router.get("/studies/{study_uid}/series", tags=["archive"], summary="Series of a study")
+def list_series(
+    study_uid: str, request: Request, _p: Principal = Depends(require("view"))
+) -> list[dict[str, Any]]:
+    ctx = context(request)
+    uid = _uid(study_uid, "Study Instance UID")
+    rows = _rows(
+        ctx.archive.engine,
+        select(*_SERIES_COLS)
+        .join(STUDY, STUDY.c.id == SERIES.c.study_fk)
+        .where(STUDY.c.study_instance_uid == uid)
+        .order_by(SERIES.c.series_number, SERIES.c.id),
+    )
+    if not rows:
+        _exists_or_404(ctx, STUDY.c.study_instance_uid, uid, "study")
+    return rows
+
+
+@router.get("/series/{series_uid}", tags=["archive"], summary="One series")
+def get_series(
+    series_uid: str, request: Request, _p: Principal = Depends(require("view"))
+) -> dict[str, Any]:
+    ctx = context(request)
+    uid = _uid(series_uid, "Series Instance UID")
+    rows = _rows(
+        ctx.archive.engine,
+        select(*_SERIES_COLS)
+        .join(STUDY, STUDY.c.id == SERIES.c.study_fk)
+        .where(SERIES.c.series_instance_uid == uid),
+    )
+    if not rows:
+        raise HTTPException(404, f"no series {uid}")
+    return rows[0]
+
+
+@router.get("/series/{series_uid}/instances", tags=["archive"], summary="Instances of a series")
+def list_instances(
+    series_uid: str, request: Request, _p: Principal = Depends(require("view"))
+) -> list[dict[str, Any]]:
+    ctx = context(request)
+    uid = _uid(series_uid, "Series Instance UID")
+    rows = _rows(
+        ctx.archive.engine,
+        select(*_INSTANCE_COLS)
+        .join(SERIES, SERIES.c.id == INSTANCE.c.series_fk)
+        .join(STUDY, STUDY.c.id == SERIES.c.study_fk)
+        .where(SERIES.c.series_instance_uid == uid)
+        .order_by(INSTANCE.c.instance_number, INSTANCE.c.id),
+    )
+    if not rows:
+        _exists_or_404(ctx, SERIES.c.series_instance_uid, uid, "series")
+    return rows
+
+
+@router.get("/instances/{sop_uid}", tags=["archive"], summary="One instance")
+def get_instance(
+    sop_uid: str, request: Request, _p: Principal = Depends(require("view"))
+) -> dict[str, Any]:
+    ctx = context(request)
+    uid = _uid(sop_uid, "SOP Instance UID")
+    rows = _rows(
+        ctx.archive.engine,
+        select(*_INSTANCE_COLS)
+        .join(SERIES, SERIES.c.id == INSTANCE.c.series_fk)
+        .join(STUDY, STUDY.c.id == SERIES.c.study_fk)
+        .where(INSTANCE.c.sop_instance_uid == uid),
+    )
+    if not rows:
+        raise HTTPException(404, f"no instance {uid}")
+    return rows[0]
+
+
+def _exists_or_404(ctx: Any, column: Any, uid: str, what: str) -> None:
+    with ctx.archive.engine.connect() as conn:
+        if conn.execute(select(column).where(column == uid)).first() is None:
+            raise HTTPException(404, f"no {what} {uid}")
+
+
+# == archive: delete =======================================================================
+def _deleted(ctx: Any, p: Principal, level: str, uid: str) -> dict[str, Any]:
+    func = {
+        "study": ctx.deletion.delete_study,
+        "series": ctx.deletion.delete_series,
+        "instance": ctx.deletion.delete_instance,
+    }[level]
+    try:
+        result = func(uid)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    ctx.archive.ingest.parents.clear()  # cached parent row ids may name deleted rows
+    ctx.audit.record(
+        "delete",
+        user=p.username,
+        client=p.client,
+        study_uid=result.study_uid,
+        series_uid=uid if level == "series" else "",
+        sop_uid=uid if level == "instance" else "",
+        detail=f"{level} deleted: {result.instances} instance(s), {result.bytes} bytes",
+    )
+    return {
+        "deleted": level,
+        "uid": uid,
+        "study_instance_uid": result.study_uid,
+        "instances": result.instances,
+        "series": result.series,
+        "bytes": result.bytes,
+    }
+
+
+@router.delete("/studies/{study_uid}", tags=["archive"], summary="Delete a study")
+def delete_study(
+    study_uid: str, request: Request, p: Principal = Depends(require("delete"))
+) -> dict[str, Any]:
+    return _deleted(context(request), p, "study", _uid(study_uid, "Study Instance UID"))
+
+
+@router.delete("/series/{series_uid}", tags=["archive"], summary="Delete a series")
+def delete_series(
+    series_uid: str, request: Request, p: Principal = Depends(require("delete"))
+) -> dict[str, Any]:
+    return _deleted(context(request), p, "series", _uid(series_uid, "Series Instance UID"))
+
+
+@router.delete("/instances/{sop_uid}", tags=["archive"], summary="Delete an instance")
+def delete_instance(
+    sop_uid: str, request: Request, p: Principal = Depends(require("delete"))
+) -> dict[str, Any]:
+    return _deleted(context(request), p, "instance", _uid(sop_uid, "SOP Instance UID"))
+
+
+# == archive: export =======================================================================
+class _Sink:
+    """A write-only file object for zipfile that hands out what was written (streaming)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.offset = 0
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        self.offset += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.offset
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        out = b"".join(self.parts)
+        self.parts.clear()
+        return out
+
+
+def _zip_stream(store: Any, files: list[tuple[str, str]]) -> Iterator[bytes]:
+    """Stored (uncompressed: DICOM pixel data rarely shrinks) zip of ``(key, name)`` files,
+    produced chunk by chunk with bounded memory."""
+    sink = _Sink()
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[arg-type]
+        for key, name in files:
+            try:
+                path = store.open(key)
+                fh = open(path, "rb")  # noqa: SIM115
+            except (OSError, ValueError):
+                continue  # a file that went missing is reported by `pacsbox check`
+            with fh, zf.open(name, "w", force_zip64=True) as entry:
+                while chunk := fh.read(1 << 20):
+                    entry.write(chunk)
+                    yield sink.take()
+            yield sink.take()
+    yield sink.take()
+
+
+def _export(ctx: Any, p: Principal, level: str, uid: str) -> StreamingResponse:
+    column = STUDY.c.study_instance_uid if level == "study" else SERIES.c.series_instance_uid
+    with ctx.archive.engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                INSTANCE.c.file_path,
+                INSTANCE.c.sop_instance_uid,
+                SERIES.c.series_instance_uid,
+                STUDY.c.study_instance_uid,
+            )
+            .join(SERIES, SERIES.c.id == INSTANCE.c.series_fk)
+            .join(STUDY, STUDY.c.id == SERIES.c.study_fk)
+            .where(column == uid)
+            .order_by(SERIES.c.id, INSTANCE.c.instance_number, INSTANCE.c.id)
+        ).all()
+    if not rows:
+        raise HTTPException(404, f"no {level} {uid}")
+    series_dirs: dict[str, str] = {}
+    files = []
+    for r in rows:
+        folder = series_dirs.setdefault(r.series_instance_uid, f"S{len(series_dirs) + 1:04d}")
+        files.append((r.file_path, f"{folder}/{r.sop_instance_uid}.dcm"))
+    ctx.audit.record(
+        "export",
+        user=p.username,
+        client=p.client,
+        study_uid=rows[0].study_instance_uid,
+        series_uid=uid if level == "series" else "",
+        detail=f"zip download of {level} ({len(files)} instance(s))",
+    )
+    return StreamingResponse(
+        _zip_stream(ctx.archive.store, files),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{uid}.zip"'},
+    )
+
+
+@router.get("/studies/{study_uid}/archive", tags=["archive"], summary="Study as a zip")
+def export_study(
+    study_uid: str, request: Request, p: Principal = Depends(require("export"))
+) -> Response:
+    """A streamed zip of the study's DICOM files (``S0001/<SOP UID>.dcm`` per series)."""
+    return _export(context(request), p, "study", _uid(study_uid, "Study Instance UID"))
+
+
+@router.get("/series/{series_uid}/archive", tags=["archive"], summary="Series as a zip")
+def export_series(
+    series_uid: str, request: Request, p: Principal = Depends(require("export"))
+) -> Response:
+    return _export(context(request), p, "series", _uid(series_uid, "Series Instance UID"))
