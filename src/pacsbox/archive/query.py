@@ -264,7 +264,6 @@ PROTOCOL_KEYS = frozenset(
         "SpecificCharacterSet",
         "RetrieveAETitle",
         "InstanceAvailability",
-        "TimezoneOffsetFromUTC",
         "QueryRetrieveView",
         "RetrieveURL",
     }

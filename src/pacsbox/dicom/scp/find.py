@@ -81,7 +81,14 @@ def _failure(status: int, comment: str, tag: int | None = None) -> Dataset:
 def _element_value(elem: DataElement) -> Any:
     """A decoded identifier element as the engine wants it (str / list of str / items)."""
     if elem.VR == "SQ":
-        return [[_key_of(sub) for sub in item if sub.tag not in _NOT_KEYS] for item in elem.value]
+        return [
+            [
+                _key_of(sub)
+                for sub in item
+                if sub.tag not in _NOT_KEYS and not sub.tag.is_private and keyword_for_tag(sub.tag)
+            ]
+            for item in elem.value
+        ]
     value = elem.value
     if value is None or value == b"" or value == "":
         return None
