@@ -106,6 +106,8 @@ def dataset_offset(fh: BinaryIO) -> int:
 def read_instance(path: Path, stored_ts: str) -> Dataset:
     """Read a stored instance completely (Part-10 with meta, or a bare data set)."""
     ds = dcmread(os.fspath(path), force=True)
+    if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
+        raise TranscodeError(f"{path.name} is not a DICOM instance")
     if not ds.file_meta or "TransferSyntaxUID" not in ds.file_meta:
         from pydicom.dataset import FileMetaDataset
 
