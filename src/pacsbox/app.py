@@ -15,6 +15,7 @@ import logging
 import logging.handlers
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -239,6 +240,7 @@ def serve(settings: Settings) -> int:
 
     if plain_sock is None and tls_sock is None:
         print("No DICOM port is open (dicom_port = 0 and no TLS).", flush=True)
+    metrics_dir: Path | None = None
     if http_sock is not None and settings.http_workers > 1:
         # several HTTP processes: Prometheus counters are merged from per-process files
         metrics_dir = Path(settings.data_dir) / "tmp" / f"metrics-{os.getpid()}"
@@ -312,6 +314,8 @@ def serve(settings: Settings) -> int:
     for sock in (plain_sock, tls_sock, http_sock):
         if sock is not None:
             sock.close()
+    if metrics_dir is not None:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     listener.stop()
     print("pacsbox stopped.", flush=True)
     return 0
