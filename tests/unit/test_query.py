@@ -253,3 +253,17 @@ def test_response_charset() -> None:
     assert response_charset(["Müller"], []) == ["ISO_IR 192"]
     assert response_charset(["山田^太郎"], ["ISO_IR 100"]) == ["ISO_IR 192"]
     assert response_charset(["Ωμέγα"], ["ISO_IR 126"]) == ["ISO_IR 126"]
+
+
+def test_semi_join_drives_only_without_other_conditions() -> None:
+    alone = _sql(Query(Level.STUDY, [match_for("ModalitiesInStudy", "MR")]), sqlite.dialect())
+    assert "study.id IN (SELECT series.study_fk" in alone and "EXISTS" not in alone
+    both = _sql(
+        Query(
+            Level.STUDY,
+            [match_for("ModalitiesInStudy", "MR"), match_for("StudyDate", "20240101-20240110")],
+        ),
+        sqlite.dialect(),
+    )
+    assert "EXISTS (SELECT series.study_fk" in both and "series.study_fk = study.id" in both
+    assert " IN (SELECT" not in both

@@ -556,7 +556,7 @@ class _Compiler:
                 .join(INSTANCE, INSTANCE.c.series_fk == SERIES.c.id)
                 .where(INSTANCE.c.sop_class_uid.in_(list(values)))
             )
-            return STUDY.c.id.in_(sub)
+            return _Semi(STUDY.c.id, sub)  # type: ignore[return-value]
         if m.type is MatchType.RANGE:
             return self.range_(attr.column, attr.vr, *m.value)
         if m.type in (MatchType.UID_LIST,):
@@ -568,12 +568,12 @@ class _Compiler:
         return self.text(attr, m)
 
     def modalities(self, m: KeyMatch) -> ColumnElement[bool]:
-        """ModalitiesInStudy matches when one series of the study has a matching modality:
-        ``study.id IN (SELECT study_fk FROM series WHERE modality ...)`` on the
-        (modality, study_fk) index — never a scan of the multi-valued column."""
+        """ModalitiesInStudy matches when one series of the study has a matching modality,
+        looked up on the series (modality, study_fk) index — never a scan of the
+        multi-valued column."""
         fake = Attribute("Modality", Level.SERIES, SERIES.c.modality)
         sub = select(SERIES.c.study_fk).where(self.text(fake, m))
-        return STUDY.c.id.in_(sub)
+        return _Semi(STUDY.c.id, sub)  # type: ignore[return-value]
 
     def combined(self, date: KeyMatch, time: KeyMatch) -> ColumnElement[bool]:
         """Combined date-time range (§C.2.2.2.5.1): (date, time) compared as one value."""
@@ -588,6 +588,31 @@ class _Compiler:
                 or_(dcol < d2, and_(dcol == d2, tcol < _next_prefix(t2))) if t2 else dcol <= d2
             )
         return and_(*conds)
+
+
+@dataclass(frozen=True)
+class _Semi:
+    """ "``outer`` has a row in ``sub``" (``sub`` selects the foreign key to ``outer``).
+
+    Rendered as ``outer IN (sub)`` when it should drive the query (no other condition: the
+    database walks the lower level's index and fetches the parents), or as a correlated
+    ``EXISTS`` probe when other, indexed conditions of the outer level select fewer rows —
+    SQLite's planner would otherwise drive from the IN list whatever its size."""
+
+    outer: Any
+    sub: Select
+
+    def as_in(self) -> ColumnElement[bool]:
+        return self.outer.in_(self.sub)
+
+    def as_exists(self) -> ColumnElement[bool]:
+        fk = self.sub.selected_columns[0]
+        return self.sub.where(fk == self.outer).exists()
+
+
+def _conds(items: list[Any]) -> list[ColumnElement[bool]]:
+    """Conditions for use inside a subquery (semi-joins as IN)."""
+    return [c.as_in() if isinstance(c, _Semi) else c for c in items]
 
 
 def _next_prefix(text: str) -> str:
@@ -700,8 +725,8 @@ class QueryEngine:
         if level >= Level.STUDY:
             frm = frm.join(PATIENT, STUDY.c.patient_fk == PATIENT.c.id)
 
-        where: list[ColumnElement[bool]] = []
-        below: dict[Level, list[ColumnElement[bool]]] = {}
+        where: list[Any] = []
+        below: dict[Level, list[Any]] = {}
         python_keys: list[KeyMatch] = []
         keys = list(query.keys)
         if query.combined_datetime:
@@ -739,6 +764,9 @@ class QueryEngine:
                 below.setdefault(attr.level, []).append(cond)
         if below:
             where.append(self._relational(level, below))
+        plain = [c for c in where if not isinstance(c, _Semi)]
+        semis = [c for c in where if isinstance(c, _Semi)]
+        where = plain + [c.as_exists() if plain or i else c.as_in() for i, c in enumerate(semis)]
 
         labels: list[str] = []
         cols: list[Any] = []
@@ -809,29 +837,26 @@ class QueryEngine:
             sub = sub.join(t2, s2.c.study_fk == t2.c.id).where(t2.c.patient_fk == PATIENT.c.id)
         return sub.order_by(i2.c.id).limit(1).scalar_subquery()
 
-    def _relational(
-        self, level: Level, below: dict[Level, list[ColumnElement[bool]]]
-    ) -> ColumnElement[bool]:
+    def _relational(self, level: Level, below: dict[Level, list[Any]]) -> _Semi:
         """Keys of lower levels restrict the result (§C.4.1.2.2): the entity must have a
-        descendant matching all of them. Written as ``id IN (SELECT fk ...)`` so that the
-        database can drive the query from an index of the lower level."""
+        descendant matching all of them (a semi-join, see _Semi)."""
         deepest = max(below)
-        conds = [c for lvl in below for c in below[lvl]]
+        conds = _conds([c for lvl in below for c in below[lvl]])
         if level == Level.PATIENT:
-            link = STUDY.c.patient_fk
             frm: Any = STUDY
             if deepest >= Level.SERIES:
                 frm = frm.join(SERIES, SERIES.c.study_fk == STUDY.c.id)
             if deepest >= Level.IMAGE:
                 frm = frm.join(INSTANCE, INSTANCE.c.series_fk == SERIES.c.id)
-            return PATIENT.c.id.in_(select(link).select_from(frm).where(and_(*conds)))
+            sub = select(STUDY.c.patient_fk).select_from(frm).where(and_(*conds))
+            return _Semi(PATIENT.c.id, sub)
         if level == Level.STUDY:
             frm = SERIES
             if deepest >= Level.IMAGE:
                 frm = frm.join(INSTANCE, INSTANCE.c.series_fk == SERIES.c.id)
-            return STUDY.c.id.in_(select(SERIES.c.study_fk).select_from(frm).where(and_(*conds)))
+            return _Semi(STUDY.c.id, select(SERIES.c.study_fk).select_from(frm).where(and_(*conds)))
         # level SERIES, keys of the IMAGE level
-        return SERIES.c.id.in_(select(INSTANCE.c.series_fk).where(and_(*conds)))
+        return _Semi(SERIES.c.id, select(INSTANCE.c.series_fk).where(and_(*conds)))
 
     # -- execution ------------------------------------------------------------------------
     def run(self, query: Query) -> Iterator[Row]:
@@ -850,31 +875,42 @@ class QueryEngine:
         }
         fold = query.pn_case_insensitive
         with self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=self.batch).execute(stmt)
+            # yield_per: server-side cursor on PostgreSQL, unbuffered on MariaDB; SQLite steps
+            # the statement as batches are fetched. Rows are handled a batch at a time.
+            result = conn.execution_options(yield_per=self.batch).execute(stmt)
             try:
-                for raw in result:
+                # Per-column conversion decided once, not per row.
+                has_json = "__json__" in labels
+                plain = [
+                    (i, label)
+                    for i, label in enumerate(labels)
+                    if label != "__json__"
+                    and CATALOGUE[label].kind != "list"
+                    and label != "SOPClassesInStudy"
+                ]
+                lists = [
+                    (i, label, "," if label == "SOPClassesInStudy" else "\\")
+                    for i, label in enumerate(labels)
+                    if label != "__json__"
+                    and (CATALOGUE[label].kind == "list" or label == "SOPClassesInStudy")
+                ]
+                json_index = labels.index("__json__") if has_json else -1
+                json_tags = [(kw, f"{int(tag_for_keyword(kw) or 0):08X}") for kw in json_wanted]
+                for raw in (r for batch in result.partitions() for r in batch):
                     values: dict[str, Any] = {}
-                    model: dict[str, Any] | None = None
-                    for label, value in zip(labels, raw, strict=True):
-                        if label == "__json__":
-                            model = _load_json(value)
-                            continue
-                        attr = CATALOGUE[label]
-                        if attr.kind == "list" or label == "SOPClassesInStudy":
-                            sep = "," if label == "SOPClassesInStudy" else "\\"
-                            values[label] = [v for v in (value or "").split(sep) if v]
-                        else:
-                            values[label] = "" if value is None else value
-                    if python_keys and (
-                        model is None
-                        or not all(
+                    for i, label in plain:
+                        value = raw[i]
+                        values[label] = "" if value is None else value
+                    for i, label, sep in lists:
+                        values[label] = [v for v in (raw[i] or "").split(sep) if v]
+                    if has_json:
+                        model = _load_json(raw[json_index]) or {}
+                        if python_keys and not all(
                             _py_match(k, model.get(f"{k.tag:08X}"), fold) for k in python_keys
-                        )
-                    ):
-                        continue
-                    for kw in json_wanted:
-                        elem = (model or {}).get(f"{int(tag_for_keyword(kw) or 0):08X}")
-                        values[kw] = _filter_json(elem, seq_subkeys.get(kw))
+                        ):
+                            continue
+                        for kw, key in json_tags:
+                            values[kw] = _filter_json(model.get(key), seq_subkeys.get(kw))
                     yield Row(values)
             finally:
                 result.close()
