@@ -138,6 +138,13 @@ def ae_edit(
     enabled: Annotated[bool | None, typer.Option("--enabled/--disabled")] = None,
     description: Annotated[str | None, typer.Option()] = None,
     tls: Annotated[bool | None, typer.Option("--tls/--no-tls")] = None,
+    retrieve: Annotated[
+        bool | None, typer.Option("--retrieve/--no-retrieve", help="May C-MOVE/C-GET from us")
+    ] = None,
+    destination: Annotated[
+        bool | None,
+        typer.Option("--destination/--no-destination", help="May be a C-MOVE destination"),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Change a registered AE."""
@@ -145,7 +152,14 @@ def ae_edit(
 
     try:
         entry = _registry(config).edit(
-            title, host=host, port=port, enabled=enabled, description=description, tls=tls
+            title,
+            host=host,
+            port=port,
+            enabled=enabled,
+            description=description,
+            tls=tls,
+            allow_retrieve=retrieve,
+            is_destination=destination,
         )
     except RegistryError as exc:
         err.print(f"[red]{exc}[/red]")

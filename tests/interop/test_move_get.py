@@ -11,6 +11,7 @@ import copy
 import json
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from pynetdicom.sop_class import (
 from pacsbox.archive.registry import AEEntry
 from tests.helpers import (
     PYDICOM_TEST_FILES,
+    Server,
     dataset_bytes,
     dcmtk_env,
     free_port,
@@ -43,6 +45,7 @@ from tests.helpers import (
     make_ct,
     open_server_archive,
     run_dcmtk,
+    server_env,
 )
 
 pytestmark = [
@@ -104,8 +107,8 @@ def _wait_port(port: int, timeout: float = 10.0) -> None:
 def storescp(tmp_path: Path) -> Iterator:
     started: list[StoreSCP] = []
 
-    def factory(*args: str, name: str = "dest", aet: str = "DEST") -> StoreSCP:
-        scp = StoreSCP(tmp_path / name, *args, aet=aet)
+    def factory(*args: str, name: str = "dest", aet: str | None = None) -> StoreSCP:
+        scp = StoreSCP(tmp_path / name, *args, aet=aet or _title("D"))
         started.append(scp)
         return scp
 
@@ -114,16 +117,32 @@ def storescp(tmp_path: Path) -> Iterator:
         scp.stop()
 
 
-@pytest.fixture
-def pacs(make_server):  # noqa: ANN001, ANN201
-    """A pacsbox server whose registry knows the test's SCUs (not permissive)."""
-    server = make_server()
+@pytest.fixture(scope="module")
+def shared_pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One pacsbox server for the module (starting one costs seconds); tests use fresh UIDs
+    and fresh AE titles, so they do not see each other's data or registry entries."""
+    base = tmp_path_factory.mktemp("pacs")
+    data_dir = base / "data"
+    data_dir.mkdir()
+    port = free_port()
+    server = Server(data_dir, port, server_env(data_dir, port, None)).start()
     arch = open_server_archive(server)
     for title in ("MOVESCU", "GETSCU", "STORESCU", "PYSCU", "PACSBOX"):
         arch.registry.add(AEEntry(title, "127.0.0.1", 104))
     server.archive = arch  # type: ignore[attr-defined]
     yield server
+    server.stop()
     arch.engine.dispose()
+
+
+@pytest.fixture
+def pacs(shared_pacs: Server) -> Server:
+    return shared_pacs
+
+
+def _title(prefix: str) -> str:
+    """A fresh AE title: tests share one server (and so its AE registry)."""
+    return f"{prefix}{uuid.uuid4().hex[:10]}".upper()
 
 
 def _register(server, scp: StoreSCP, title: str | None = None, **kw: object) -> None:  # noqa: ANN001
@@ -131,8 +150,9 @@ def _register(server, scp: StoreSCP, title: str | None = None, **kw: object) -> 
 
 
 def _store(server, files: list[Path]) -> None:  # noqa: ANN001
-    out = server.cli("import", *[str(f) for f in files])
-    assert out.returncode == 0, out.stdout + out.stderr
+    """Store through the server's own ingest path (same index and blob store), in-process."""
+    for f in files:
+        server.archive.ingest.store_file(f)
 
 
 def _study(folder: Path, n_series: int = 2, per_series: int = 3, size: int = 16) -> list[Path]:
@@ -148,6 +168,18 @@ def _study(folder: Path, n_series: int = 2, per_series: int = 3, size: int = 16)
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
     return paths
+
+
+def _fresh(name: str, study: str | None = None) -> Dataset:
+    """A pydicom test file with new UIDs (tests share the server, and so the index)."""
+    ds = pydicom.dcmread(PYDICOM_TEST_FILES / name)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study or generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    return ds
+
+
+def _fresh_ct_small() -> Dataset:
+    return _fresh("CT_small.dcm")
 
 
 def _by_uid(files: list[Path]) -> dict[str, Path]:
@@ -168,7 +200,7 @@ def test_movescu_study_arrives_byte_identical(pacs, storescp, tmp_path: Path) ->
     dest = storescp()
     _register(pacs, dest)
     study = pydicom.dcmread(files[0]).StudyInstanceUID
-    out = _movescu(pacs, "DEST", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}")
+    out = _movescu(pacs, dest.aet, "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}")
     assert out.returncode == 0, out.stdout + out.stderr
     got = _by_uid(dest.files())
     sent = _by_uid(files)
@@ -186,7 +218,7 @@ def test_movescu_series_and_image_levels(pacs, storescp, tmp_path: Path) -> None
     first = pydicom.dcmread(files[0])
     out = _movescu(
         pacs,
-        "DEST",
+        dest.aet,
         "QueryRetrieveLevel=SERIES",
         f"StudyInstanceUID={first.StudyInstanceUID}",
         f"SeriesInstanceUID={first.SeriesInstanceUID}",
@@ -195,7 +227,7 @@ def test_movescu_series_and_image_levels(pacs, storescp, tmp_path: Path) -> None
     assert len(dest.files()) == 3
     two = [str(pydicom.dcmread(f).SOPInstanceUID) for f in files[3:5]]
     uid_list = "\\".join(two)
-    out = _movescu(pacs, "DEST", "QueryRetrieveLevel=IMAGE", f"SOPInstanceUID={uid_list}")
+    out = _movescu(pacs, dest.aet, "QueryRetrieveLevel=IMAGE", f"SOPInstanceUID={uid_list}")
     assert out.returncode == 0, out.stderr
     assert set(two) <= set(_by_uid(dest.files()))
     assert len(dest.files()) == 5
@@ -218,20 +250,18 @@ def test_implicit_only_peer_gets_compressed_instances_decompressed(
     study = generate_uid()
     files = []
     for i, name in enumerate(names):
-        ds = pydicom.dcmread(PYDICOM_TEST_FILES / name)
-        ds.StudyInstanceUID = study  # one study; the pixel data stay as they are
-        ds.SeriesInstanceUID = generate_uid()
+        ds = _fresh(name, study)  # the pixel data stay as they are
         path = tmp_path / f"c{i}.dcm"
         ds.save_as(path)
         files.append(path)
     _store(pacs, files)
     dest = storescp("+xi")
     _register(pacs, dest)
-    out = _movescu(pacs, "DEST", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}")
+    out = _movescu(pacs, dest.aet, "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}")
     assert out.returncode == 0, out.stdout + out.stderr
     got = _by_uid(dest.files())
     sent = _by_uid(files)
-    assert set(got) == set(sent)
+    assert len(sent) == 3 and set(got) == set(sent)
     for uid, path in sent.items():
         received = pydicom.dcmread(got[uid])
         assert received.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
@@ -243,18 +273,19 @@ def test_compressed_peer_gets_compressed_as_stored(pacs, storescp, tmp_path: Pat
     files = []
     study = generate_uid()
     for i, name in enumerate(["MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm"]):
-        ds = pydicom.dcmread(PYDICOM_TEST_FILES / name)
-        ds.StudyInstanceUID = study
+        ds = _fresh(name, study)
         path = tmp_path / f"c{i}.dcm"
         ds.save_as(path)
         files.append(path)
     _store(pacs, files)
     dest = storescp("+xa")
     _register(pacs, dest)
-    out = _movescu(pacs, "DEST", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}")
+    out = _movescu(pacs, dest.aet, "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}")
     assert out.returncode == 0, out.stderr
     got = _by_uid(dest.files())
+    assert len(got) == 2
     for uid, path in _by_uid(files).items():
+        assert pydicom.dcmread(got[uid]).file_meta.TransferSyntaxUID != ImplicitVRLittleEndian
         assert dataset_bytes(got[uid]) == dataset_bytes(path)
 
 
@@ -287,8 +318,14 @@ def test_getscu_levels_byte_identical(pacs, tmp_path: Path, level: str) -> None:
 
 
 # -- pynetdicom SCU: cancel, partial failure, statuses ----------------------------------
-def _py_move(server, dest: str, identifier: Dataset, cancel_after: int | None = None):  # noqa: ANN001, ANN202
-    ae = AE(ae_title="PYSCU")
+def _py_move(  # noqa: ANN202
+    server: Server,
+    dest: str,
+    identifier: Dataset,
+    cancel_after: int | None = None,
+    calling: str = "PYSCU",
+):
+    ae = AE(ae_title=calling)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     assoc = ae.associate("127.0.0.1", server.port, ae_title="PACSBOX")
     assert assoc.is_established
@@ -324,7 +361,7 @@ def test_cancel_stops_sending_and_answers_fe00(pacs, storescp, tmp_path: Path) -
     dest = storescp()
     _register(pacs, dest)
     study = pydicom.dcmread(files[0]).StudyInstanceUID
-    responses = _py_move(pacs, "DEST", _ident("STUDY", StudyInstanceUID=study), cancel_after=2)
+    responses = _py_move(pacs, dest.aet, _ident("STUDY", StudyInstanceUID=study), cancel_after=2)
     final, ident = responses[-1]
     assert final.Status == 0xFE00
     assert final.NumberOfRemainingSuboperations > 0
@@ -349,7 +386,7 @@ def test_missing_and_unreadable_files_give_b000_rest_arrives(
     stored[uids[4]].unlink()
     stored[uids[4]].mkdir()  # unreadable: a directory where the file was
     study = pydicom.dcmread(files[0]).StudyInstanceUID
-    responses = _py_move(pacs, "DEST", _ident("STUDY", StudyInstanceUID=study))
+    responses = _py_move(pacs, dest.aet, _ident("STUDY", StudyInstanceUID=study))
     final, ident = responses[-1]
     assert final.Status == 0xB000
     assert final.NumberOfCompletedSuboperations == 4
@@ -367,27 +404,30 @@ def test_statuses_identifier_destination_and_permission(pacs, storescp, tmp_path
     study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
     dest = storescp()
     _register(pacs, dest)
-    _register(pacs, dest, "OFFLINE", enabled=False)
-    _register(pacs, dest, "NOTDEST", is_destination=False)
-    ok = _py_move(pacs, "DEST", _ident("STUDY", StudyInstanceUID=study))
+    offline, notdest = _title("OFF"), _title("NOT")
+    _register(pacs, dest, offline, enabled=False)
+    _register(pacs, dest, notdest, is_destination=False)
+    ok = _py_move(pacs, dest.aet, _ident("STUDY", StudyInstanceUID=study))
     assert ok[-1][0].Status == 0x0000 and ok[-1][0].NumberOfCompletedSuboperations == 2
-    for title in ("OFFLINE", "NOTDEST", "UNKNOWN"):
+    for title in (offline, notdest, _title("UNK")):
         assert _py_move(pacs, title, _ident("STUDY", StudyInstanceUID=study))[-1][0].Status == (
             0xA801
         )
     # PATIENT level is not part of Study Root; a STUDY identifier without its UID
-    assert _py_move(pacs, "DEST", _ident("PATIENT", PatientID="PAT001"))[-1][0].Status == 0xA900
-    assert _py_move(pacs, "DEST", _ident("STUDY"))[-1][0].Status == 0xA900
+    assert _py_move(pacs, dest.aet, _ident("PATIENT", PatientID="PAT001"))[-1][0].Status == 0xA900
+    assert _py_move(pacs, dest.aet, _ident("STUDY"))[-1][0].Status == 0xA900
     # nothing matches: success with zero sub-operations
-    none = _py_move(pacs, "DEST", _ident("STUDY", StudyInstanceUID="1.2.3.4"))[-1][0]
+    none = _py_move(pacs, dest.aet, _ident("STUDY", StudyInstanceUID="1.2.3.4"))[-1][0]
     assert none.Status == 0x0000 and none.NumberOfCompletedSuboperations == 0
     # destination down: every sub-operation fails (A702)
     dest.stop()
-    down = _py_move(pacs, "DEST", _ident("STUDY", StudyInstanceUID=study))[-1][0]
+    down = _py_move(pacs, dest.aet, _ident("STUDY", StudyInstanceUID=study))[-1][0]
     assert down.Status == 0xA702 and down.NumberOfFailedSuboperations == 2
     # a caller without allow_retrieve is refused
-    pacs.archive.registry.edit("PYSCU", allow_retrieve=False)
-    assert _py_move(pacs, "DEST", _ident("STUDY", StudyInstanceUID=study))[-1][0].Status == 0x0124
+    caller = _title("NR")
+    pacs.archive.registry.add(AEEntry(caller, "127.0.0.1", 104, allow_retrieve=False))
+    refused = _py_move(pacs, dest.aet, _ident("STUDY", StudyInstanceUID=study), calling=caller)
+    assert refused[-1][0].Status == 0x0124
 
 
 def test_pynetdicom_cget_transcodes_to_what_requestor_accepts(pacs, tmp_path: Path) -> None:
@@ -395,7 +435,7 @@ def test_pynetdicom_cget_transcodes_to_what_requestor_accepts(pacs, tmp_path: Pa
     decompressed on the way, the Explicit VR LE one re-encoded, UIDs unchanged."""
     from pynetdicom import build_role
 
-    ds = pydicom.dcmread(PYDICOM_TEST_FILES / "CT_small.dcm")
+    ds = _fresh_ct_small()
     study = str(ds.StudyInstanceUID)
     plain = tmp_path / "plain.dcm"
     ds.save_as(plain)
@@ -440,7 +480,7 @@ def test_pynetdicom_cget_transcodes_to_what_requestor_accepts(pacs, tmp_path: Pa
 @pytest.mark.parametrize("target", [JPEGLSLossless, RLELossless, JPEG2000Lossless])
 def test_move_compresses_for_a_compressed_only_peer(pacs, tmp_path: Path, target: str) -> None:
     """A peer that accepts only a lossless compressed syntax gets it (rule 3), UID kept."""
-    ds = pydicom.dcmread(PYDICOM_TEST_FILES / "CT_small.dcm")
+    ds = _fresh_ct_small()
     path = tmp_path / "ct.dcm"
     ds.save_as(path)
     _store(pacs, [path])
@@ -452,15 +492,16 @@ def test_move_compresses_for_a_compressed_only_peer(pacs, tmp_path: Path, target
         received.append(got)
         return 0
 
-    scp_ae = AE(ae_title="PACKED")
+    packed = _title("P")
+    scp_ae = AE(ae_title=packed)
     scp_ae.add_supported_context(CTImageStorage, [target])
     port = free_port()
     server = scp_ae.start_server(
         ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
     )
     try:
-        pacs.archive.registry.add(AEEntry("PACKED", "127.0.0.1", port))
-        final = _py_move(pacs, "PACKED", _ident("STUDY", StudyInstanceUID=ds.StudyInstanceUID))
+        pacs.archive.registry.add(AEEntry(packed, "127.0.0.1", port))
+        final = _py_move(pacs, packed, _ident("STUDY", StudyInstanceUID=ds.StudyInstanceUID))
     finally:
         server.shutdown()
     assert final[-1][0].Status == 0x0000
@@ -479,7 +520,7 @@ def test_cli_move_and_get_against_pacsbox(pacs, storescp, tmp_path: Path) -> Non
     _register(pacs, dest)
     first = pydicom.dcmread(files[0])
     target = f"PACSBOX@127.0.0.1:{pacs.port}"
-    out = pacs.cli("move", target, "--to", "DEST", "--study", first.StudyInstanceUID, "--json")
+    out = pacs.cli("move", target, "--to", dest.aet, "--study", first.StudyInstanceUID, "--json")
     assert out.returncode == 0, out.stdout + out.stderr
     report = json.loads(out.stdout)
     assert report["status"] == "0000" and report["completed"] == 4
@@ -500,3 +541,7 @@ def test_cli_move_and_get_against_pacsbox(pacs, storescp, tmp_path: Path) -> Non
     out = pacs.cli("move", target, "--to", "NOWHERE", "--study", first.StudyInstanceUID)
     assert out.returncode == 1
     assert "A801" in out.stdout
+    # the registry flag decides whether an AE may be a destination
+    assert pacs.cli("ae", "edit", dest.aet, "--no-destination").returncode == 0
+    out = pacs.cli("move", target, "--to", dest.aet, "--study", first.StudyInstanceUID, "--json")
+    assert out.returncode == 1 and json.loads(out.stdout)["status"] == "A801"
