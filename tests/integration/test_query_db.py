@@ -232,3 +232,26 @@ def test_patient_level_age_from_latest_study(archive) -> None:
         _store(archive, ds)
     rows = _run(archive, Level.PATIENT, Model.PATIENT_ROOT, PatientID="AGE1", PatientAge="")
     assert rows == [{"PatientID": "AGE1", "PatientAge": "044Y"}]
+
+
+def test_migration_0002_backfills_the_name_search_column(archive) -> None:
+    from alembic import command
+
+    from pacsbox.archive.index.db import alembic_config
+
+    _store(archive, make_ct(patient_id="OLD1", patient_name="Ångström^Anders"))
+
+    def alembic(action: str, revision: str) -> None:
+        with archive.engine.begin() as conn:
+            cfg = alembic_config(archive.engine)
+            cfg.attributes["connection"] = conn
+            getattr(command, action)(cfg, revision)
+
+    alembic("downgrade", "0001")
+    alembic("upgrade", "head")
+    with archive.engine.connect() as conn:
+        value = conn.execute(
+            text("SELECT patient_name_search FROM patient WHERE patient_id = 'OLD1'")
+        ).scalar_one()
+    assert value == "ÅNGSTRÖM^ANDERS"
+    assert _studies(_run(archive, PatientName="ångström*")) != set()

@@ -97,7 +97,7 @@ class Series(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     study_fk: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
-    modality: Mapped[str] = mapped_column(String(16), default="", index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
     series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     series_date: Mapped[str] = mapped_column(String(8), default="")
     series_time: Mapped[str] = mapped_column(String(16), default="")
@@ -154,7 +154,11 @@ Index(
     Patient.patient_name_search,
     postgresql_ops={"patient_name_search": _PATTERN},
 )
-Index("ix_patient_patient_id", Patient.patient_id, postgresql_ops={"patient_id": _PATTERN})
+# PostgreSQL only: elsewhere the (patient_id, issuer) unique index serves = and prefixes.
+_patient_id = Index(
+    "ix_patient_patient_id", Patient.patient_id, postgresql_ops={"patient_id": _PATTERN}
+)
+_patient_id.ddl_if(dialect="postgresql")
 Index(
     "ix_study_accession_number",
     Study.accession_number,

@@ -3,9 +3,10 @@
 - ``patient.patient_name_search``: upper-cased normalised Patient's Name, so case-insensitive
   name matching (exact and ``SMITH*``) is an index look-up on every database; back-filled
   here, written by the index writer afterwards.
-- indexes for every matched key: Patient ID, the name search column, Accession Number and
-  Study ID (on PostgreSQL with ``varchar_pattern_ops``, which serves = and LIKE 'ABC%'
-  whatever the collation), and series (modality, study_fk) for Modalities in Study.
+- indexes for every matched key: the name search column, Accession Number and Study ID (on
+  PostgreSQL with ``varchar_pattern_ops``, which serves = and LIKE 'ABC%' whatever the
+  collation; there also Patient ID, elsewhere served by its unique index), and series
+  (modality, study_fk) for Modality and Modalities in Study, replacing the modality index.
 
 Revision ID: 0002
 Revises: 0001
@@ -70,9 +71,15 @@ def upgrade() -> None:
         ["patient_name_search"],
         postgresql_ops={"patient_name_search": _PATTERN},
     )
-    op.create_index(
-        "ix_patient_patient_id", "patient", ["patient_id"], postgresql_ops={"patient_id": _PATTERN}
-    )
+    if bind.dialect.name == "postgresql":
+        # Elsewhere the (patient_id, issuer) unique index serves = and prefix ranges; on
+        # PostgreSQL LIKE 'ABC%' needs the pattern operator class.
+        op.create_index(
+            "ix_patient_patient_id",
+            "patient",
+            ["patient_id"],
+            postgresql_ops={"patient_id": _PATTERN},
+        )
     # Accession Number: recreated with the pattern operator class on PostgreSQL.
     op.drop_index("ix_study_accession_number", table_name="study")
     op.create_index(
@@ -84,14 +91,19 @@ def upgrade() -> None:
     op.create_index(
         "ix_study_study_id", "study", ["study_id"], postgresql_ops={"study_id": _PATTERN}
     )
+    # (modality, study_fk) replaces the modality index: Modality matching and the covering
+    # semi-join of Modalities in Study.
     op.create_index("ix_series_modality_study_fk", "series", ["modality", "study_fk"])
+    op.drop_index("ix_series_modality", table_name="series")
 
 
 def downgrade() -> None:
+    op.create_index("ix_series_modality", "series", ["modality"])
     op.drop_index("ix_series_modality_study_fk", table_name="series")
     op.drop_index("ix_study_study_id", table_name="study")
     op.drop_index("ix_study_accession_number", table_name="study")
     op.create_index("ix_study_accession_number", "study", ["accession_number"])
-    op.drop_index("ix_patient_patient_id", table_name="patient")
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_index("ix_patient_patient_id", table_name="patient")
     op.drop_index("ix_patient_patient_name_search", table_name="patient")
     op.drop_column("patient", "patient_name_search")
