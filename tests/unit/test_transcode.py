@@ -204,3 +204,20 @@ def test_counts_bookkeeping() -> None:
     c.fail("4")
     assert (c.completed, c.warning, c.failed, c.remaining) == (1, 1, 2, 1)
     assert c.failed_uids == ["3", "4"]
+
+
+def test_dataset_offset_matches_the_header_walk(tmp_path: Path) -> None:
+    from pacsbox.archive.header import dataset_offset as walk
+    from pacsbox.archive.transcode import dataset_offset
+
+    files = sorted(PYDICOM_TEST_FILES.glob("*.dcm"))
+    long_meta = tmp_path / "long.dcm"
+    ds = make_ct()
+    ds.file_meta.PrivateInformationCreatorUID = "1.2.3"
+    ds.file_meta.PrivateInformation = b"x" * 6000  # meta longer than the 4 KiB head
+    ds.save_as(long_meta, enforce_file_format=True)
+    for path in [*files, long_meta]:
+        with open(path, "rb") as fh:
+            assert dataset_offset(fh) == walk(fh), path.name
+    with open(long_meta, "rb") as fh:
+        assert dataset_offset(fh) > 6000

@@ -14,8 +14,8 @@ Which levels a model allows is checked by the SCP (Patient Root, Study Root,
 Patient/Study Only); this module only turns a valid request into SQL over the index tables.
 
 ``RetrieveSelection.count()`` answers first (the sub-operation total of the first response),
-then ``iter()`` streams the matching instances ordered by study, series number and instance
-number, so nothing holds a whole study in memory.
+then ``iter()`` yields the matching instances ordered by study, series number and instance
+number, reading file facts page by page, so nothing holds a whole study in memory.
 """
 
 from __future__ import annotations
@@ -179,33 +179,58 @@ class RetrieveSelection:
         with self.engine.connect() as conn:
             return sorted((str(a), str(b)) for a, b in conn.execute(stmt))
 
-    def iter(self, batch: int = 500) -> Iterator[RetrieveItem]:
-        """Stream the matches, ordered by study, series number and instance number."""
-        stmt = self._where(
-            select(
-                INSTANCE.c.file_path,
-                INSTANCE.c.linked,
-                INSTANCE.c.sop_class_uid,
-                INSTANCE.c.sop_instance_uid,
-                INSTANCE.c.transfer_syntax_uid,
-                INSTANCE.c.file_size,
-                INSTANCE.c.storage_format,
-            )
-        ).order_by(
+    def _order(self, stmt: Select) -> Select:
+        return stmt.order_by(
             STUDY.c.id,
             func.coalesce(SERIES.c.series_number, _LAST),
             SERIES.c.id,
             func.coalesce(INSTANCE.c.instance_number, _LAST),
             INSTANCE.c.id,
         )
+
+    def iter(self, batch: int = 500) -> Iterator[RetrieveItem]:
+        """The matches, ordered by study, series number and instance number.
+
+        First the ordered (id, SOP Instance UID) list (a few dozen bytes per match; at most
+        65535 matches per retrieve), then the file facts in pages of ``batch`` rows, each page
+        its own short query: no cursor stays open while the instances are being sent, so a
+        slow destination cannot hit a database time-out (MariaDB ``net_write_timeout``) or keep
+        a read snapshot open. An instance deleted meanwhile comes out with a path that does
+        not exist, so its sub-operation fails and it is listed.
+        """
         with self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=batch).execute(stmt)
-            for row in result:
-                file_path, linked, sop_class, sop_uid, ts, size, fmt = row
-                path = Path(file_path) if linked else self._path(file_path)
-                yield RetrieveItem(
-                    path, str(sop_class), str(sop_uid), str(ts), int(size or 0), str(fmt)
+            order = [
+                (int(i), str(u))
+                for i, u in conn.execute(
+                    self._order(self._where(select(INSTANCE.c.id, INSTANCE.c.sop_instance_uid)))
                 )
+            ]
+        cols = (
+            INSTANCE.c.id,
+            INSTANCE.c.file_path,
+            INSTANCE.c.linked,
+            INSTANCE.c.sop_class_uid,
+            INSTANCE.c.transfer_syntax_uid,
+            INSTANCE.c.file_size,
+            INSTANCE.c.storage_format,
+        )
+        for start in range(0, len(order), batch):
+            page = order[start : start + batch]
+            with self.engine.connect() as conn:
+                rows = {
+                    int(r[0]): r
+                    for r in conn.execute(
+                        select(*cols).where(INSTANCE.c.id.in_([i for i, _u in page]))
+                    )
+                }
+            for instance_id, sop_uid in page:
+                row = rows.get(instance_id)
+                if row is None:
+                    yield RetrieveItem(self.root / ".deleted" / sop_uid, "", sop_uid, "", 0)
+                    continue
+                _id, file_path, linked, sop_class, ts, size, fmt = row
+                path = Path(file_path) if linked else self._path(file_path)
+                yield RetrieveItem(path, str(sop_class), sop_uid, str(ts), int(size or 0), str(fmt))
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")

@@ -95,10 +95,29 @@ def can_encode(ts: str) -> bool:
         return False
 
 
+_LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT"})
+
+
 def dataset_offset(fh: BinaryIO) -> int:
     """Where the data set starts: after preamble + ``DICM`` + group 0002 (PS3.10 §7.1), or 0
-    for a bare data set."""
-    from pacsbox.archive.header import dataset_offset as walk
+    for a bare data set. One read of the file head; the element walk (not the group length,
+    which some writers get wrong) happens in memory."""
+    head = os.pread(fh.fileno(), 4096, 0)
+    if len(head) < 132 or head[128:132] != b"DICM":
+        return 0
+    pos = 132
+    while pos + 8 <= len(head):
+        if int.from_bytes(head[pos : pos + 2], "little") != 0x0002:
+            return pos
+        if head[pos + 4 : pos + 6] in _LONG_VRS:
+            if pos + 12 > len(head):
+                break
+            pos += 12 + int.from_bytes(head[pos + 8 : pos + 12], "little")
+        else:
+            pos += 8 + int.from_bytes(head[pos + 6 : pos + 8], "little")
+    if pos >= len(head) and len(head) < 4096:
+        return min(pos, len(head))  # the file ends inside / right after the meta
+    from pacsbox.archive.header import dataset_offset as walk  # a meta longer than 4 KiB
 
     return walk(fh)
 

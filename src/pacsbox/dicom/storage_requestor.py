@@ -148,30 +148,31 @@ class StorageRequestor:
         self.accepted: list[AcceptedContext] = []
         self.peer_max_pdu = 0
         self.established = False
+        self._rbuf = bytearray()
 
     # -- socket helpers -----------------------------------------------------------------
-    def _recv_exact(self, n: int) -> bytes:
+    def _fill(self, n: int) -> None:
+        """Receive until at least ``n`` bytes are buffered (one recv usually suffices)."""
         assert self.sock is not None
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
+        while len(self._rbuf) < n:
             try:
-                k = self.sock.recv_into(view[got:], n - got)
+                chunk = self.sock.recv(max(65536, n - len(self._rbuf)))
             except (TimeoutError, OSError) as exc:
                 raise PeerAborted(f"{self.called_ae}: {exc or 'network time-out'}") from exc
-            if k == 0:
+            if not chunk:
                 raise PeerAborted(f"{self.called_ae} closed the connection")
-            got += k
-        return bytes(buf)
+            self._rbuf += chunk
 
     def _read_pdu(self) -> tuple[int, bytes]:
-        head = self._recv_exact(6)
-        pdu_type = head[0]
-        length = struct.unpack(">I", head[2:6])[0]
+        self._fill(6)
+        pdu_type = self._rbuf[0]
+        length = struct.unpack_from(">I", self._rbuf, 2)[0]
         if length > max(OUR_MAX_PDU, 256 * 1024) + 64:
             raise AssociationFailed(f"{self.called_ae} sent a PDU of {length} bytes")
-        return pdu_type, head + self._recv_exact(length)
+        self._fill(6 + length)
+        data = bytes(self._rbuf[: 6 + length])
+        del self._rbuf[: 6 + length]
+        return pdu_type, data
 
     def _send_iov(self, parts: list[bytes | memoryview]) -> None:
         assert self.sock is not None
@@ -298,10 +299,12 @@ class StorageRequestor:
             if n == 0:
                 break
 
-    def send_command(self, context_id: int, command: bytes) -> None:
-        self._send_iov(
-            [struct.pack(">BBIIBB", 0x04, 0, len(command) + 6, len(command) + 2, context_id, 3)]
-            + [command]
+    @staticmethod
+    def _command_pdu(context_id: int, command: bytes) -> bytes:
+        """One P-DATA-TF carrying a whole command set (control header 03H, PS3.8 §E.2)."""
+        return (
+            struct.pack(">BBIIBB", 0x04, 0, len(command) + 6, len(command) + 2, context_id, 3)
+            + command
         )
 
     def store_file(
@@ -312,8 +315,10 @@ class StorageRequestor:
         offset: int,
         length: int,
     ) -> StoreResult:
-        """Send a C-STORE-RQ whose data set is ``length`` bytes of ``fh`` from ``offset``."""
-        self.send_command(context_id, command)
+        """Send a C-STORE-RQ whose data set is ``length`` bytes of ``fh`` from ``offset``.
+
+        The command PDU and the first data chunk leave in one ``sendmsg``."""
+        parts: list[bytes | memoryview] = [self._command_pdu(context_id, command)]
         frag = self._fragment()
         chunk_size = max(frag, (CHUNK_BYTES // frag) * frag) if frag < CHUNK_BYTES else frag
         fd = fh.fileno()
@@ -331,17 +336,16 @@ class StorageRequestor:
                 got += k
             remaining -= want
             pos += want
-            parts: list[bytes | memoryview] = []
             self._pdvs(parts, context_id, view[:want], remaining == 0)
             self._send_iov(parts)
+            parts = []
             if remaining == 0:
                 break
         return self._read_response()
 
     def store_bytes(self, context_id: int, command: bytes, dataset: bytes) -> StoreResult:
         """Send a C-STORE-RQ with an in-memory data set (a transcoded instance)."""
-        self.send_command(context_id, command)
-        parts: list[bytes | memoryview] = []
+        parts: list[bytes | memoryview] = [self._command_pdu(context_id, command)]
         self._pdvs(parts, context_id, memoryview(dataset), True)
         self._send_iov(parts)
         return self._read_response()
