@@ -462,3 +462,33 @@ def test_pacsbox_find_cli(server) -> None:
     assert proc.returncode == 0 and "Müller^Jürgen" in proc.stdout
     proc = server.cli("find", target, "--model", "patient-study", "--level", "SERIES")
     assert proc.returncode == 1 and "0xa900" in proc.stderr
+
+
+@pytest.mark.parametrize("db_url", ["postgresql", "mariadb"], indirect=True)
+def test_streaming_and_cancel_on_server_databases(db_url, make_server, tmp_path) -> None:
+    """The same C-FIND path on PostgreSQL (psycopg stream) and MariaDB (unbuffered cursor):
+    results, a C-CANCEL mid-stream, and the next query on the same server still answered."""
+    srv = make_server(db_url, PACSBOX_PERMISSIVE_AES="true", PACSBOX_PERMISSIVE_AES_ENABLED="true")
+    folder = tmp_path / "files"
+    folder.mkdir()
+    study, series, paths = generate_uid(), generate_uid(), []
+    for i in range(120):
+        ds = make_ct(study, series, patient_id="DBP", patient_name="Dé^Bé", rows=2, cols=2)
+        paths.append(folder / f"{i}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    assert not send_files(paths, "127.0.0.1", srv.port, "PACSBOX", calling="MOD").failed
+    rsps, text = findscu(
+        srv, tmp_path, "QueryRetrieveLevel=IMAGE", "SOPInstanceUID", extra=("--cancel", "1")
+    )
+    assert "Cancel: MatchingTerminatedDueToCancelRequest" in text, text[-800:]
+    assert 1 <= len(rsps) < 120
+    rsps, _ = findscu(
+        srv,
+        tmp_path,
+        "(0008,0005)=ISO_IR 192",
+        "QueryRetrieveLevel=STUDY",
+        "PatientName=dé*",
+        "NumberOfStudyRelatedInstances",
+    )
+    assert len(rsps) == 1 and rsps[0].NumberOfStudyRelatedInstances == 120
+    assert str(rsps[0].PatientName) == "Dé^Bé"
