@@ -545,3 +545,50 @@ def test_cli_move_and_get_against_pacsbox(pacs, storescp, tmp_path: Path) -> Non
     assert pacs.cli("ae", "edit", dest.aet, "--no-destination").returncode == 0
     out = pacs.cli("move", target, "--to", dest.aet, "--study", first.StudyInstanceUID, "--json")
     assert out.returncode == 1 and json.loads(out.stdout)["status"] == "A801"
+
+
+def test_cget_cancel_stops_and_answers_fe00(pacs, tmp_path: Path) -> None:
+    from pynetdicom import build_role
+
+    files = _study(tmp_path / "in", 1, 120, size=128)
+    _store(pacs, files)
+    study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    received: list[str] = []
+
+    def on_store(event) -> int:  # noqa: ANN001
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0
+
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate(
+        "127.0.0.1",
+        pacs.port,
+        ae_title="PACSBOX",
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    get_cx = next(
+        cx.context_id
+        for cx in assoc.accepted_contexts
+        if cx.abstract_syntax == StudyRootQueryRetrieveInformationModelGet
+    )
+    responses = []
+    pending = 0
+    for status, ident in assoc.send_c_get(
+        _ident("STUDY", StudyInstanceUID=study), StudyRootQueryRetrieveInformationModelGet, msg_id=9
+    ):
+        if "Status" not in status:
+            break
+        responses.append((status, ident))
+        if status.Status == 0xFF00:
+            pending += 1
+            if pending == 2:
+                assoc.send_c_cancel(9, get_cx)
+    assoc.release()
+    final = responses[-1][0]
+    assert final.Status == 0xFE00
+    assert final.NumberOfRemainingSuboperations > 0
+    assert len(received) == final.NumberOfCompletedSuboperations < 120
