@@ -12,7 +12,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.sop_class import (
     CTImageStorage,
     PatientRootQueryRetrieveInformationModelMove,
@@ -229,3 +229,37 @@ def test_get_scp_on_every_database(archive, service, tmp_path: Path) -> None:
     assert set(received) == set(files)
     for uid, path in files.items():
         assert received[uid] == dataset_bytes(path)
+
+
+def test_other_pynetdicom_aes_keep_the_stock_move_loop(tmp_path: Path) -> None:
+    """install() only takes over when the bound handler is a RetrieveSCP: any other
+    pynetdicom AE in the process (a test double, a tool) keeps pynetdicom's behaviour."""
+    import pacsbox.dicom.scp.retrieve as retrieve_scp
+
+    retrieve_scp.install()
+    receiver = Receiver()
+    ds = make_ct()
+
+    def handle_move(event):  # noqa: ANN001, ANN202
+        yield "127.0.0.1", receiver.port, {"contexts": [build_context(CTImageStorage)]}
+        yield 1
+        yield 0xFF00, ds
+
+    scp = AE(ae_title="OTHER")
+    scp.add_supported_context(STUDY_MOVE)
+    port = free_port()
+    server = scp.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_MOVE, handle_move)]
+    )
+    try:
+        ae = AE(ae_title="PYSCU")
+        ae.add_requested_context(STUDY_MOVE)
+        assoc = ae.associate("127.0.0.1", port, ae_title="OTHER")
+        ident = _ident("STUDY", StudyInstanceUID=ds.StudyInstanceUID)
+        final = [s for s, _i in assoc.send_c_move(ident, "DEST", STUDY_MOVE) if "Status" in s]
+        assoc.release()
+    finally:
+        server.shutdown()
+        receiver.stop()
+    assert final[-1].Status == 0x0000 and final[-1].NumberOfCompletedSuboperations == 1
+    assert list(receiver.received) == [ds.SOPInstanceUID]

@@ -212,12 +212,14 @@ class RetrieveSCP:
     def handlers(self) -> list[tuple[Any, Any]]:
         return [(evt.EVT_C_MOVE, self.handle_move), (evt.EVT_C_GET, self.handle_get)]
 
-    # These are what pynetdicom sees bound; install() routes the requests to serve().
+    # These are what pynetdicom sees bound; install() routes the requests to serve(). They
+    # only run if pynetdicom's own loop is used after all, and then refuse clearly.
     def handle_move(self, event: Event) -> Iterator[Any]:
-        yield None, None  # only reached without install(): pynetdicom answers A801
+        yield None, None  # pynetdicom answers A801
 
     def handle_get(self, event: Event) -> Iterator[Any]:
-        yield 0
+        yield 1
+        yield UNABLE_TO_PROCESS, None  # pynetdicom answers C000 with the failed count
 
     # -- the shared front part ----------------------------------------------------------
     def serve(self, op: _Operation) -> None:
