@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from sqlalchemy import ColumnElement, Engine, Select, and_, func, literal, or_, select, text
 
 from pacsbox.archive.index.writer import INSTANCE, PATIENT, SERIES, STUDY, search_name
@@ -994,11 +994,6 @@ def _load_json(value: Any) -> dict[str, Any] | None:
     except (TypeError, ValueError):
         return None
     return model if isinstance(model, dict) else None
-
-
-def keyword_of(tag: int) -> str | None:
-    """Keyword of a tag (None for private/unknown tags)."""
-    return keyword_for_tag(tag) or None
 
 
 def run(engine: Engine, query: Query) -> Iterator[Row]:
