@@ -409,6 +409,24 @@ def wait_ready(receiver: Receiver, bin_dir: Path, timeout: float) -> None:
     raise RuntimeError(f"{receiver.name} did not answer C-ECHO within {timeout:.0f} s")
 
 
+def wait_idle(receiver: Receiver, timeout: float, quiet_s: float = 0.5) -> None:
+    """Wait (bounded) until the receiver's process tree stops using CPU.
+
+    An answered C-ECHO proves one listener is up; other worker processes (pacsbox) or
+    background start-up work may still be running, and their CPU time would otherwise be
+    counted as ingest work. Idle means at most 20 ms of CPU over ``quiet_s`` seconds (CPU
+    times have a 10 ms granularity); the wait ends after ``timeout`` s (at most 15) anyway.
+    """
+    deadline = time.monotonic() + min(timeout, 15.0)
+    before = tree_cpu_seconds(receiver.proc.pid)
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = tree_cpu_seconds(receiver.proc.pid)
+        if now - before <= 0.02:
+            return
+        before = now
+
+
 def wait_for_orthanc_binary(path: Path, timeout: float) -> None:
     """Wait for the Orthanc binary (apt may still be installing it); install it if absent."""
     deadline = time.monotonic() + timeout
@@ -614,6 +632,7 @@ def run_once(
     try:
         receiver = STARTERS[name](args, workdir)
         wait_ready(receiver, args.dcmtk_bin, args.start_timeout)
+        wait_idle(receiver, args.start_timeout)
         chunks = split(files, associations)
         cpu_before = tree_cpu_seconds(receiver.proc.pid)
         with RssSampler(receiver.proc.pid) as sampler:

@@ -60,3 +60,61 @@ def test_garbage_raises(tmp_path: Path) -> None:
     junk.write_bytes(b"\x00" * 10)
     with pytest.raises(HeaderError):
         read_part10(junk)
+
+
+def _bare_datasets() -> list[tuple[Path, str]]:
+    out = []
+    folders = (PYDICOM_TEST_FILES, PYDICOM_TEST_FILES.parent / "charset_files")
+    for path in sorted(p for folder in folders for p in folder.iterdir() if p.is_file()):
+        try:
+            info = read_part10(path)
+        except HeaderError:
+            continue
+        if info.has_meta and info.transfer_syntax_uid != "1.2.840.10008.1.2.1.99":
+            out.append((path, info.transfer_syntax_uid))
+    return out
+
+
+@pytest.mark.parametrize(("path", "ts"), _bare_datasets(), ids=lambda v: getattr(v, "name", ""))
+def test_raw_reader_builds_what_pydicom_builds(path: Path, ts: str) -> None:
+    """The element reader of the receive path gives pydicom's read_dataset result (or
+    declines), for whole data sets and for prefixes cut anywhere in the header."""
+    import io
+
+    from pydicom.filereader import read_dataset
+
+    from pacsbox.archive.header import _complete, _read_raw_until_pixels
+
+    with open(path, "rb") as fh:
+        fh.seek(dataset_offset(fh))
+        raw = fh.read()
+    implicit = ts == "1.2.840.10008.1.2"
+    little = ts != "1.2.840.10008.1.2.2"
+    if not implicit and little and ts != "1.2.840.10008.1.2.1":
+        ts = "1.2.840.10008.1.2.1"  # compressed pixel data: an explicit VR LE data set
+    cuts = sorted({len(raw), *range(0, min(len(raw), 3000), 37)})
+    used = 0
+    for cut in cuts:
+        data = raw[:cut]
+        fast = _read_raw_until_pixels(data, implicit, little)
+        if fast is None:
+            continue
+        used += 1
+        reached = []
+
+        def stop(tag, vr, length, reached=reached) -> bool:  # noqa: ANN001
+            if tag >= 0x7FE00010:
+                reached.append(True)
+                return True
+            return False
+
+        ref = read_dataset(io.BytesIO(data), implicit, little, stop_when=stop)
+        ds, fast_reached, complete = fast
+        assert fast_reached == bool(reached), cut
+        assert complete == _complete(ref), cut
+        assert dict(ds._dict) == dict(ref._dict), cut
+        assert list(ds._dict) == list(ref._dict), cut
+        assert ds.original_encoding == ref.original_encoding
+        assert ds.original_character_set == ref.original_character_set
+    if path.name in ("CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm"):
+        assert used == len(cuts)  # the common encodings never fall back to pydicom

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,43 @@ def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
         store.put(key, [b"x" * 100])
     assert not store.exists(key)
     assert list(store.iter_temp_files()) == []
+
+
+def test_put_recreates_a_directory_removed_meanwhile(tmp_path: Path) -> None:
+    # a study deletion (possibly in another process) removes emptied folders that this
+    # store still has in its cache of known directories
+    store = FilesystemStore(tmp_path / "s")
+    first = store.key_for("1.2", "1.2.3", "1.2.3.4")
+    store.put(first, [b"one"])
+    store.delete(first)
+    store.path(first).parent.rmdir()
+    store.path(first).parent.parent.rmdir()
+    second = store.key_for("1.2", "1.2.3", "1.2.3.5")
+    store.put(second, [b"two"])
+    assert store.path(second).read_bytes() == b"two"
+
+
+def test_put_refuses_keys_outside_the_root(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path / "s")
+    for key in ("../x.dcm", "/etc/x.dcm", "a/../../x.dcm", "a//b.dcm", "a/./b.dcm", "a\x00/b"):
+        with pytest.raises(ValueError):
+            store.put(key, [b"x"])
+    assert not (tmp_path / "x.dcm").exists()
+
+
+def test_put_handles_short_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FilesystemStore(tmp_path / "s")
+    key = store.key_for("1.2", "1.2.3", "1.2.3.6")
+    real_writev = os.writev
+
+    def short(fd: int, buffers: list) -> int:  # at most 5 bytes per call
+        first = bytes(buffers[0])[:5]
+        return real_writev(fd, [first])
+
+    monkeypatch.setattr("os.writev", short)
+    chunks = [b"abcdefgh", b"", memoryview(b"ijklmnopqrstuvwxyz"), b"0123"]
+    assert store.put(key, chunks).size == 30
+    assert store.path(key).read_bytes() == b"abcdefghijklmnopqrstuvwxyz0123"
 
 
 def test_mirror(tmp_path: Path) -> None:

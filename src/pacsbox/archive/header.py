@@ -24,19 +24,32 @@ from pydicom import config as pydicom_config
 from pydicom import hooks as pydicom_hooks
 from pydicom.charset import decode_bytes, default_encoding
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import (
+    DataElement,
+    RawDataElement,
+    convert_raw_data_element,
+    empty_value_for_VR,
+)
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import dcmread, read_dataset
+from pydicom.filereader import (
+    ENCODED_VR,
+    EXPLICIT_VR_LENGTH_32,
+    convert_encodings,
+    dcmread,
+    read_dataset,
+    read_sequence,
+)
 from pydicom.multival import MultiValue
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import TEXT_VR_DELIMS
-from pydicom.values import convert_PN
+from pydicom.values import convert_PN, convert_string
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
+_PIXEL_DATA_INT = 0x7FE00010
 #: Values longer than this are left out of the stored JSON (they are bulk data).
 BULK_THRESHOLD = 1024
 
@@ -48,7 +61,7 @@ class HeaderError(ValueError):
 
 
 def _stop_at_pixels(tag: Any, vr: Any, length: Any) -> bool:
-    return tag >= PIXEL_DATA
+    return int(tag) >= _PIXEL_DATA_INT
 
 
 def _text_value(value: Any, maxlen: int) -> str:
@@ -234,12 +247,13 @@ _EMPTY = _Index("s", [])
 class _Context:
     """The data set being rendered: whether it is the top level, its text encodings."""
 
-    __slots__ = ("_encodings", "ds", "top")
+    __slots__ = ("_encodings", "_key", "ds", "top")
 
     def __init__(self, ds: Dataset, top: bool) -> None:
         self.ds = ds
         self.top = top
         self._encodings: list[str] | None = None
+        self._key: tuple[str, ...] | None = None
 
     def encodings(self, tag: int) -> list[str]:
         """The Python encodings pydicom decodes text with (see Dataset.__getitem__)."""
@@ -254,6 +268,20 @@ class _Context:
                 encodings = [encodings]
             self._encodings = list(encodings)
         return self._encodings
+
+    def encodings_key(self) -> tuple[str, ...]:
+        """The encodings as a hashable value (for the result cache)."""
+        if self._key is None:
+            self._key = tuple(self.encodings(0))
+        return self._key
+
+
+#: Top-level element results, (tag, VR, value, little endian, encodings) → (JSON attribute,
+#: index value). The results are never modified after they are made, so instances share
+#: them. Bounded: cleared when full.
+_RESULTS: dict[tuple[Any, ...], Any] = {}
+_CACHE_SIZE = 8192
+_CACHE_VALUE_MAX = 256
 
 
 def _strings(vr: str, items: list[str], want: bool) -> _Result:
@@ -518,6 +546,8 @@ def _model(ds: Dataset, index: dict[int, _Index] | None) -> dict[str, Any]:
     handlers = _HANDLERS
     dictionary_vrs = _dictionary_vrs
     index_tags = _INDEX_TAGS if top else frozenset()
+    cache = _RESULTS
+    cache_get = cache.get
     for key_tag, raw in list(ds._dict.items()):
         tag = int(key_tag)  # a plain int: no BaseTag.__eq__ in the lookups below
         key = _json_keys.get(tag) or _json_key(tag)
@@ -533,10 +563,22 @@ def _model(ds: Dataset, index: dict[int, _Index] | None) -> dict[str, Any]:
                 vr = _vr_of(ds, raw)
             handler = handlers.get(vr)  # type: ignore[arg-type]
             if handler is not None:
-                if raw.value:
-                    done = handler(ctx, tag, vr, raw, want)
-                else:  # no value (or a truncated one in an item): VM 0 for every VR here
+                value = raw.value
+                if not value:  # no value (or a truncated one in an item): VM 0 for every VR
                     done = {"vr": vr}, (_EMPTY if want else None)
+                elif top and len(value) <= _CACHE_VALUE_MAX:
+                    # The result depends only on these (the handlers read nothing else of
+                    # the data set); instances of a series repeat most of their attributes.
+                    ckey = (tag, vr, value, raw.is_little_endian, ctx.encodings_key())
+                    done = cache_get(ckey)
+                    if done is None:
+                        done = handler(ctx, tag, vr, raw, want)
+                        if done is not None:
+                            if len(cache) >= _CACHE_SIZE:
+                                cache.clear()
+                            cache[ckey] = done
+                else:
+                    done = handler(ctx, tag, vr, raw, want)
         if done is not None:
             model[key] = done[0]
             if want:
@@ -737,18 +779,25 @@ def read_dataset_bytes(data: bytes | memoryview, transfer_syntax_uid: str) -> Da
             raw = zlib.decompressobj(-zlib.MAX_WBITS).decompress(bytes(data))
         except zlib.error as exc:
             raise HeaderError(f"deflated data set does not inflate: {exc}") from exc
-    fp = io.BytesIO(raw)
-    try:
-        ds = read_dataset(
-            fp,
-            is_implicit_VR=transfer_syntax_uid == IMPLICIT_VR_LE,
-            is_little_endian=transfer_syntax_uid != BIG_ENDIAN,
-            stop_when=_stop_at_pixels,
-        )
-    except Exception as exc:
-        raise HeaderError(f"data set cannot be parsed: {exc}") from exc
-    if not _complete(ds):
-        raise HeaderError("data set is truncated (an element is shorter than its length)")
+    implicit = transfer_syntax_uid == IMPLICIT_VR_LE
+    little = transfer_syntax_uid != BIG_ENDIAN
+    fast = _read_raw_until_pixels(bytes(raw), implicit, little)
+    if fast is not None:
+        ds, _reached, complete = fast
+        if not complete:
+            raise HeaderError("data set is truncated (an element is shorter than its length)")
+    else:
+        try:
+            ds = read_dataset(
+                io.BytesIO(raw),
+                is_implicit_VR=implicit,
+                is_little_endian=little,
+                stop_when=_stop_at_pixels,
+            )
+        except Exception as exc:
+            raise HeaderError(f"data set cannot be parsed: {exc}") from exc
+        if not _complete(ds):
+            raise HeaderError("data set is truncated (an element is shorter than its length)")
     return ds
 
 
@@ -793,13 +842,120 @@ def read_header_prefix(raw: bytes, transfer_syntax_uid: str) -> InstanceHeader:
     return header_from_dataset(ds)
 
 
+_ELEMENT_STRUCTS = {
+    (implicit, little): struct.Struct(("<" if little else ">") + ("HHL" if implicit else "HH2sH"))
+    for implicit in (True, False)
+    for little in (True, False)
+}
+_LENGTH32 = {True: struct.Struct("<L"), False: struct.Struct(">L")}
+_LONG_VR_NAMES = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
+_VR_NAMES = {vr: vr.decode(default_encoding) for vr in ENCODED_VR if len(vr) == 2}
+
+
+def _read_raw_until_pixels(
+    raw: bytes, implicit: bool, little: bool
+) -> tuple[Dataset, bool, bool] | None:
+    """pydicom's ``read_dataset(..., stop_when=tag >= Pixel Data)`` for the common case.
+
+    Builds the same Dataset (the same RawDataElements, undefined-length sequences parsed by
+    pydicom's own ``read_sequence``, the same original encoding) without pydicom's
+    per-element generator, which was a third of the header cost of every received instance.
+    Returns (data set, Pixel Data reached, no element shorter than its length — what
+    ``_complete`` checks), or None whenever the input needs one of
+    pydicom's special cases (VR switch heuristics, unknown VRs, undefined-length values that
+    are not explicit SQ, a delimiter at the top level, a header cut short, non-default
+    configuration): the caller then uses pydicom itself, so the result never differs.
+    tests/unit/test_header.py compares both on pydicom's test files and on cut data.
+    """
+    try:
+        return _read_raw_elements(raw, implicit, little)
+    except Exception:  # an odd value (e.g. of Specific Character Set): pydicom decides
+        return None
+
+
+def _read_raw_elements(
+    raw: bytes, implicit: bool, little: bool
+) -> tuple[Dataset, bool, bool] | None:
+    """The work of _read_raw_until_pixels (which see); may raise."""
+    if not _fast_supported() or pydicom_config.debugging:
+        return None
+    n = len(raw)
+    if n >= 6:  # pydicom's _is_implicit_vr: a top-level VR switch is left to pydicom
+        found_implicit = not (0x40 < raw[4] < 0x5B and 0x40 < raw[5] < 0x5B)
+        if found_implicit != implicit:
+            return None
+    unpack = _ELEMENT_STRUCTS[(implicit, little)].unpack_from
+    length32 = _LENGTH32[little].unpack_from
+    vr_names = _VR_NAMES
+    long_vrs = _LONG_VR_NAMES
+    elements: dict[BaseTag, RawDataElement | DataElement] = {}
+    encoding: Any = default_encoding
+    reached = truncated = False
+    pos = 0
+    vr: str | None = None
+    while pos + 8 <= n:
+        if implicit:
+            group, elem, length = unpack(raw, pos)
+            value_at = pos + 8
+        else:
+            group, elem, vr_bytes, length = unpack(raw, pos)
+            vr = vr_names.get(vr_bytes)
+            if vr is None:
+                return None
+            if vr in long_vrs:
+                if pos + 12 > n:
+                    return None
+                length = length32(raw, pos + 8)[0]
+                value_at = pos + 12
+            else:
+                value_at = pos + 8
+        if group == 0xFFFE:  # a delimiter or item at the top level: pydicom's cases
+            return None
+        tag = group << 16 | elem
+        if tag >= 0x7FE00010:
+            reached = True
+            break
+        if length == 0xFFFFFFFF:
+            if vr != "SQ" or implicit:
+                return None
+            fp = io.BytesIO(raw)
+            fp.seek(value_at)
+            seq = read_sequence(fp, implicit, little, length, encoding)
+            elements[BaseTag(tag)] = DataElement(
+                BaseTag(tag), vr, seq, value_at, is_undefined_length=True
+            )
+            pos = fp.tell()
+            continue
+        value = raw[value_at : value_at + length] if length else empty_value_for_VR(vr, raw=True)
+        if value_at + length > n:
+            truncated = True
+        if tag == 0x00080005:
+            encoding = convert_encodings(convert_string(value or b"", little))
+        key = BaseTag(tag)
+        elements[key] = RawDataElement(key, vr, length, value, value_at, implicit, little)
+        pos = value_at + length
+    ds = Dataset(elements, parent_encoding=default_encoding)
+    charset = elements.get(BaseTag(0x00080005))
+    if charset is not None:
+        ds.set_original_encoding(
+            implicit, little, convert_encodings(convert_raw_data_element(charset).value)
+        )
+    else:
+        ds.set_original_encoding(implicit, little, default_encoding)
+    return ds, reached, not truncated
+
+
 def _read_until_pixels(raw: bytes, ts: str) -> tuple[Dataset, bool]:
     """Parse a prefix of a data set; complete=True when Pixel Data (or later) was reached."""
+    fast = _read_raw_until_pixels(raw, ts == IMPLICIT_VR_LE, ts != BIG_ENDIAN)
+    if fast is not None:
+        ds, reached_fast, complete = fast
+        return ds, reached_fast and complete
     reached = False
 
     def stop(tag: Any, vr: Any, length: Any) -> bool:
         nonlocal reached
-        if tag >= PIXEL_DATA:
+        if int(tag) >= _PIXEL_DATA_INT:  # int(): BaseTag's comparisons are slow Python
             reached = True
             return True
         return False
@@ -818,9 +974,9 @@ def _read_until_pixels(raw: bytes, ts: str) -> tuple[Dataset, bool]:
 
 def _complete(ds: Dataset) -> bool:
     """No top-level element shorter than its declared length (a truncated data set)."""
-    for tag in list(ds.keys()):
-        # keep_deferred: an empty raw element (value None) is left as it is, not converted
-        elem = ds.get_item(tag, keep_deferred=True)
+    # The stored elements as they are (what get_item(keep_deferred=True) returns), without
+    # Dataset's per-tag look-ups.
+    for elem in list(ds._dict.values()):
         value = getattr(elem, "value", None)
         length = getattr(elem, "length", None)
         if (
