@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     login_max_failures_ip: int = Field(20, ge=1, description="per client address")
     login_max_lockout: int = Field(900, ge=1, description="longest back-off, s")
     metrics_token: str | None = None
+    # DICOMweb (SPEC E1, PS3.18): cross-origin browser access and the STOW-RS body limit.
+    cors_origins: list[str] = Field(default_factory=list)
+    stow_max_bytes: int = Field(4 * 1024**3, ge=1024, description="largest STOW-RS body")
     # Time-outs (R4), seconds.
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)
@@ -249,6 +252,10 @@ login_max_failures = 5         # failed logins per user name before back-off (42
 login_max_failures_ip = 20     # failed logins per client address before back-off
 login_max_lockout = 900        # s: longest back-off
 # metrics_token = "long-random-secret"   # Bearer token Prometheus may use for /metrics
+# DICOMweb (/dicom-web): origins a browser viewer on another site may call from (CORS);
+# empty = same origin only. Example: cors_origins = ["https://viewer.example.org"]
+cors_origins = []
+stow_max_bytes = 4294967296    # largest STOW-RS request body (413 above)
 pn_case_insensitive = true     # C-FIND: person names match regardless of case
 relational_queries = true      # C-FIND: keys of lower levels restrict results (PS3.4 C.4.1.2.2)
 """

@@ -263,3 +263,19 @@ def test_other_pynetdicom_aes_keep_the_stock_move_loop(tmp_path: Path) -> None:
         receiver.stop()
     assert final[-1].Status == 0x0000 and final[-1].NumberOfCompletedSuboperations == 1
     assert list(receiver.received) == [ds.SOPInstanceUID]
+
+
+def test_higher_keys_universal_or_outside_the_model_are_ignored(archive, tmp_path: Path) -> None:
+    study, _files = _ingest(archive, tmp_path, series=1, per=2)
+    study_root = ("STUDY", "SERIES", "IMAGE")
+    # Study Root: Patient ID is no unique key there, whatever its value
+    ident = _ident("STUDY", StudyInstanceUID=study, PatientID="SOMEONE-ELSE")
+    assert _select(archive, ident, study_root).count() == 2
+    # Patient Root: a literal Patient ID restricts, a universal one does not
+    assert _select(archive, _ident("STUDY", StudyInstanceUID=study, PatientID="X")).count() == 0
+    assert _select(archive, _ident("STUDY", StudyInstanceUID=study, PatientID="*")).count() == 2
+    same = _ident("STUDY", StudyInstanceUID=study, PatientID="PAT001")
+    assert _select(archive, same).count() == 2
+    # a key below the level does not narrow a STUDY retrieve
+    below = _ident("STUDY", StudyInstanceUID=study, SOPInstanceUID="1.2.3")
+    assert _select(archive, below).count() == 2

@@ -93,8 +93,9 @@ def request_from_identifier(identifier: object, allowed_levels: Sequence[str]) -
     """Read level and unique keys from a pydicom Dataset identifier (PS3.4 §C.4.2.1.4).
 
     Raises SelectionError when the level is missing or not allowed by the information
-    model, or when the level's unique key is missing or empty; a universal match (``*``)
-    is not a unique key value and is refused the same way.
+    model, or when the level's unique key is missing, empty or holds a wildcard. Unique keys
+    of higher levels restrict the selection when they hold literal values; empty or
+    universal ones (``*``) are ignored, as are keys of lower levels (§C.4.2.1.4.1).
     """
     get = getattr(identifier, "get", None)
     if get is None:
@@ -107,37 +108,33 @@ def request_from_identifier(identifier: object, allowed_levels: Sequence[str]) -
             f"Query/Retrieve Level {level!r} is not valid for this information model "
             f"(allowed: {', '.join(allowed_levels)})"
         )
-    req = RetrieveRequest(level)
-    pid = _values(get("PatientID", None))
-    req.patient_id = pid[0] if pid else None
-    req.study_uids = _values(get("StudyInstanceUID", None))
-    req.series_uids = _values(get("SeriesInstanceUID", None))
-    req.sop_uids = _values(get("SOPInstanceUID", None))
-    own = {
-        "PATIENT": [req.patient_id] if req.patient_id else [],
-        "STUDY": req.study_uids,
-        "SERIES": req.series_uids,
-        "IMAGE": req.sop_uids,
-    }[level]
-    keyword = UNIQUE_KEYS[level]
-    if not own:
-        raise SelectionError(f"{keyword} is required at the {level} level")
-    for values in (req.study_uids, req.series_uids, req.sop_uids):
-        if len(values) > MAX_LIST_VALUES:
-            raise SelectionError(f"more than {MAX_LIST_VALUES} values in a unique key")
-        if any(any(ch in v for ch in "*?") for v in values):
-            raise SelectionError("wildcards are not allowed in a unique key of a retrieve")
-    if level == "PATIENT" and any(ch in (req.patient_id or "") for ch in "*?"):
-        raise SelectionError("wildcards are not allowed in Patient ID of a retrieve")
-    # keys below the level are not allowed (§C.4.2.1.4.1); ignore them rather than fail
     depth = LEVELS.index(level)
-    if depth < 3:
-        req.sop_uids = []
-    if depth < 2:
-        req.series_uids = []
-    if depth < 1:
-        req.study_uids = []
-    return req
+    values: dict[str, list[str]] = {}
+    for i, keyword in enumerate(LEVELS):
+        key = UNIQUE_KEYS[keyword]
+        found = _values(get(key, None))
+        wild = any(ch in v for v in found for ch in "*?")
+        if keyword == level:
+            if not found:
+                raise SelectionError(f"{key} is required at the {level} level")
+            if wild:
+                raise SelectionError(f"wildcards are not allowed in {key} of a retrieve")
+            if keyword == "PATIENT" and len(found) > 1:
+                raise SelectionError("one Patient ID per retrieve")
+            if len(found) > MAX_LIST_VALUES:
+                raise SelectionError(f"more than {MAX_LIST_VALUES} values in {key}")
+        elif i > depth or wild or len(found) > MAX_LIST_VALUES:
+            found = []  # keys below the level, or a universal match above it: not a filter
+        elif keyword == "PATIENT" and "PATIENT" not in allowed_levels:
+            found = []  # Study Root has no patient level: Patient ID is not a unique key
+        values[keyword] = found
+    return RetrieveRequest(
+        level,
+        patient_id=values["PATIENT"][0] if values["PATIENT"] else None,
+        study_uids=values["STUDY"],
+        series_uids=values["SERIES"],
+        sop_uids=values["IMAGE"],
+    )
 
 
 class RetrieveSelection:

@@ -289,6 +289,9 @@ def create_app(archive: Any, settings: Settings | None = None) -> FastAPI:
     from pacsbox.web.api import router as api_router
 
     app.include_router(api_router, prefix="/api")
+    from pacsbox.web.dicomweb import install as install_dicomweb
+
+    install_dicomweb(app, settings)  # DICOMweb router under /dicom-web (+ CORS when set)
     return app
 
 
