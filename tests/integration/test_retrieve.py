@@ -279,3 +279,52 @@ def test_higher_keys_universal_or_outside_the_model_are_ignored(archive, tmp_pat
     # a key below the level does not narrow a STUDY retrieve
     below = _ident("STUDY", StudyInstanceUID=study, SOPInstanceUID="1.2.3")
     assert _select(archive, below).count() == 2
+
+
+def test_storage_requestor_fragments_and_refusals(tmp_path: Path) -> None:
+    """The lean C-STORE requestor against pynetdicom: small peer PDUs, no context, no peer."""
+    from pacsbox.dicom.storage_requestor import (
+        AssociationFailed,
+        StorageRequestor,
+        encode_store_rq,
+    )
+
+    ds = make_ct(rows=64, cols=64)
+    path = tmp_path / "ct.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    receiver = Receiver()
+    receiver.ae.maximum_pdu_size = 4096  # many P-DATA fragments per data set
+    receiver.stop()
+    receiver.server = receiver.ae.start_server(
+        ("127.0.0.1", receiver.port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, receiver.on_store)],
+    )
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    try:
+        req = StorageRequestor(
+            "127.0.0.1", receiver.port, "DEST", "PACSBOX", [(ct, ["1.2.840.10008.1.2.1"])]
+        )
+        accepted = req.associate()
+        assert req.peer_max_pdu == 4096
+        with open(path, "rb") as fh:
+            from pacsbox.archive.transcode import dataset_offset
+
+            offset = dataset_offset(fh)
+            size = path.stat().st_size - offset
+            command = encode_store_rq(1, ct, str(ds.SOPInstanceUID))
+            result = req.store_file(accepted[0].context_id, command, fh, offset, size)
+        assert result.status == 0
+        req.release()
+        assert receiver.received[str(ds.SOPInstanceUID)] == dataset_bytes(path)
+        mr = "1.2.840.10008.5.1.4.1.1.4"  # not supported by the receiver
+        with pytest.raises(AssociationFailed, match="accepted no presentation context"):
+            StorageRequestor(
+                "127.0.0.1", receiver.port, "DEST", "PACSBOX", [(mr, ["1.2.840.10008.1.2"])]
+            ).associate()
+    finally:
+        receiver.stop()
+    with pytest.raises(AssociationFailed, match="cannot connect"):
+        StorageRequestor(
+            "127.0.0.1", free_port(), "DEST", "PACSBOX", [(ct, ["1.2.840.10008.1.2"])]
+        ).associate()

@@ -278,8 +278,8 @@ class StorageRequestor:
     # -- C-STORE --------------------------------------------------------------------------
     def _fragment(self) -> int:
         # PDV item header (4 length + 1 context + 1 control) inside the PDU's max length
-        if self.peer_max_pdu and self.peer_max_pdu >= 4096:
-            return self.peer_max_pdu - 6
+        if self.peer_max_pdu:  # 0 = no limit (PS3.8 §D.1)
+            return max(self.peer_max_pdu - 6, 16)
         return CHUNK_BYTES
 
     def _pdvs(
