@@ -24,8 +24,8 @@ Matching follows PS3.4 §C.2.2.2:
 Attributes that are not index columns are read from the stored DICOM JSON of the instance
 (for IMAGE level, any attribute; for the higher levels, the whitelisted ones in
 ``_JSON_LEVEL`` from the level's first instance) and matched in Python after the SQL
-filter. Rows are streamed: the cursor is iterated (server-side cursor on PostgreSQL, an
-unbuffered cursor on MariaDB), never fetched whole.
+filter. Rows are streamed: the cursor is iterated (psycopg's chunked stream on PostgreSQL,
+an unbuffered cursor on MariaDB), never fetched whole.
 """
 
 from __future__ import annotations
