@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)
     network_timeout: float = Field(120.0, gt=0)
+    # WADO-URI (SPEC E2, E3; PS3.18 §9): user name/password in the URL (insecure, off by
+    # default) and the dedicated read-only WADO account.
+    wado_url_credentials: bool = False
+    wado_user: str | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -258,6 +262,11 @@ cors_origins = []
 stow_max_bytes = 4294967296    # largest STOW-RS request body (413 above)
 pn_case_insensitive = true     # C-FIND: person names match regardless of case
 relational_queries = true      # C-FIND: keys of lower levels restrict results (PS3.4 C.4.1.2.2)
+# WADO-URI (/wado): accept username=...&password=... in the URL. INSECURE (the password ends
+# up in browser history, proxy and HIS logs); only for legacy HIS links that cannot send Basic.
+wado_url_credentials = false
+# wado_user = "his-link"       # an account usable ONLY for /wado, read-only (create it with
+#                              # pacsbox user add his-link --role viewer)
 """
 
 

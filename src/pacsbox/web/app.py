@@ -289,6 +289,11 @@ def create_app(archive: Any, settings: Settings | None = None) -> FastAPI:
     from pacsbox.web.api import router as api_router
 
     app.include_router(api_router, prefix="/api")
+    from pacsbox.web.rendered import router as rendered_router
+    from pacsbox.web.wado_uri import router as wado_router
+
+    app.include_router(rendered_router, prefix="/dicom-web")  # WADO-RS rendered/thumbnail
+    app.include_router(wado_router)  # WADO-URI at /wado (authenticates on its own)
     from pacsbox.web.dicomweb import install as install_dicomweb
 
     install_dicomweb(app, settings)  # DICOMweb router under /dicom-web (+ CORS when set)

@@ -214,9 +214,17 @@ def require(privilege: str | None, *, allow_password_change: bool = False) -> An
 
     An account that must change its password (the generated default admin) may only use the
     routes marked ``allow_password_change`` (its own details, the password change, logout).
+    The dedicated WADO account (setting ``wado_user``) is refused here: it may only use
+    ``/wado`` (pacsbox.web.wado_uri), which authenticates on its own.
     """
 
-    async def dependency(principal: Principal = Depends(authenticate)) -> Principal:
+    async def dependency(
+        request: Request, principal: Principal = Depends(authenticate)
+    ) -> Principal:
+        wado_user = context(request).settings.wado_user
+        if wado_user and principal.username == wado_user:
+            # the dedicated WADO account (setting wado_user) reads images through /wado only
+            raise HTTPException(403, "this account may only be used for WADO-URI (/wado)")
         if principal.user.must_change_password and not allow_password_change:
             raise HTTPException(403, "the password must be changed first: POST /api/me/password")
         if privilege is not None and not principal.user.has(privilege):

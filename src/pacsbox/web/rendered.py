@@ -1,0 +1,327 @@
+"""WADO-RS rendered and thumbnail resources (PS3.18 §10.4.1.1.3 Rendered Resources,
+§10.4.1.1.4 Thumbnail Resources, §8.3.5 rendered media types and query parameters).
+
+Under ``/dicom-web``, privilege ``view``:
+
+- ``/studies/{s}/series/{se}/instances/{i}/rendered`` — frame 1 of the instance;
+- ``/studies/{s}/series/{se}/instances/{i}/frames/{n}/rendered`` — one frame (1-based; a
+  list of several frames is a 400, a frame that does not exist a 404);
+- ``/studies/{s}/thumbnail``, ``/studies/{s}/series/{se}/thumbnail``,
+  ``.../instances/{i}/thumbnail``, ``.../frames/{n}/thumbnail`` — a small rendering of the
+  representative image: the middle instance (by Instance Number) of the series, of the
+  study's first series with images; the middle frame of a multi-frame instance.
+
+Query parameters (§8.3.5.1): ``window=center,width[,linear|linear-exact|sigmoid]``,
+``viewport=vw,vh[,sx,sy,sw,sh]``, ``quality=1..100``, ``accept=<media type>`` (overrides the
+Accept header, §8.3.3.1); ``annotation`` and ``charset`` are accepted and ignored. Media types
+(§8.3.5.1.1 / Table 8.7.4-1): image/jpeg (default), image/png, image/gif. Study- and
+series-level ``/rendered`` are not offered (a multipart of every image is what
+``/thumbnail`` and per-instance requests do better).
+
+Status codes: 400 bad parameter or UID, 404 unknown study/series/instance or frame, 406 no
+acceptable media type or the object has no renderable pixel data (SR, PDF, undecodable codec).
+The work is :mod:`pacsbox.archive.render`; nothing is cached (``Cache-Control: no-store``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import Response
+
+from pacsbox.archive import render
+from pacsbox.archive.storage import InvalidUID, check_uid
+from pacsbox.web.auth import Principal, context, require
+
+router = APIRouter()
+
+THUMBNAIL_VIEWPORT = (render.THUMBNAIL_SIZE, render.THUMBNAIL_SIZE)
+#: Media types in our order of preference when the client accepts several equally.
+RENDERED_TYPES = ("image/jpeg", "image/png", "image/gif")
+NO_STORE = {"Cache-Control": "no-store"}
+AUDIT_INTERVAL = 300.0  # s: one "read" audit event per user, study and kind per interval
+
+
+def uid_param(value: str, what: str) -> str:
+    """A UID path/query parameter (PS3.5 §9.1), else 400."""
+    try:
+        return check_uid(value, what)
+    except InvalidUID as exc:
+        raise HTTPException(400, str(exc)) from exc
+
+
+def negotiate(accept: str | None, allowed: tuple[str, ...] = RENDERED_TYPES) -> str | None:
+    """The media type to answer from an Accept header / ``accept`` parameter (RFC 9110
+    §12.5.1: q-values, ``image/*``, ``*/*``; parameters other than q are ignored). None when
+    nothing acceptable is offered; an absent or empty value means the first of ``allowed``."""
+    if accept is None or not accept.strip():
+        return allowed[0]
+    best: tuple[float, int, str] | None = None
+    for position, item in enumerate(accept.split(",")[:64]):
+        fields = [f.strip() for f in item.split(";")]
+        media = fields[0].lower()
+        q = 1.0
+        for f in fields[1:]:
+            name, _, value = f.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q <= 0:
+            continue
+        if media in ("*/*", "image/*"):
+            candidates = list(allowed)
+        elif media in allowed:
+            candidates = [media]
+        else:
+            continue
+        for c in candidates:
+            rank = (-q, position * 10 + allowed.index(c), c)
+            if best is None or rank < best:
+                best = rank
+            break  # the wildcard stands for our first preference
+    return best[2] if best else None
+
+
+class AuditOnce:
+    """Writes a ``read`` audit event at most once per (user, object, kind) per interval and
+    process: a viewer scrolling a series does not write one row per frame."""
+
+    def __init__(self, interval: float = AUDIT_INTERVAL, size: int = 4096) -> None:
+        self.interval = interval
+        self.size = size
+        self._seen: dict[tuple[str, str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def due(self, key: tuple[str, str, str]) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            last = self._seen.get(key)
+            if last is not None and now - last < self.interval:
+                return False
+            if len(self._seen) >= self.size:
+                self._seen = {k: t for k, t in self._seen.items() if now - t < self.interval}
+                if len(self._seen) >= self.size:
+                    self._seen.clear()
+            self._seen[key] = now
+            return True
+
+
+_audit_once = AuditOnce()
+
+
+def audit_read(
+    request: Request, p: Principal, what: str, image: render.StoredImage, once: bool = True
+) -> None:
+    """A ``read`` audit event for ``image``'s study (deduplicated when ``once``)."""
+    key = (p.username, image.study_instance_uid, what)
+    if once and not _audit_once.due(key):
+        return
+    context(request).audit.record(
+        "read",
+        user=p.username,
+        client=p.client,
+        study_uid=image.study_instance_uid,
+        series_uid=image.series_instance_uid,
+        sop_uid=image.sop_instance_uid,
+        detail=what,
+    )
+
+
+def _params(request: Request, thumbnail: bool) -> tuple[render.RenderParams, str]:
+    """Rendering parameters and media type from the query (PS3.18 §8.3.5.1)."""
+    q = request.query_params
+    media = negotiate(q.get("accept") or request.headers.get("accept"))
+    if media is None:
+        raise HTTPException(406, "acceptable media types here: " + ", ".join(RENDERED_TYPES))
+    try:
+        window = render.parse_window(q["window"]) if q.get("window") else None
+        viewport: tuple[int, int] | None = THUMBNAIL_VIEWPORT if thumbnail else None
+        region = None
+        if q.get("viewport"):
+            viewport, region = render.parse_viewport(q["viewport"])
+        quality = render.parse_quality(q["quality"]) if q.get("quality") else None
+        params = render.RenderParams(
+            window=window,
+            size=viewport,
+            region=region,
+            media_type=media,
+            quality=quality or render.DEFAULT_QUALITY,
+        )
+    except render.RenderError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    return params, media
+
+
+def _frame_number(frames: str) -> int:
+    parts = [f.strip() for f in frames.split(",")]
+    if len(parts) != 1:
+        raise HTTPException(400, "a rendered frame resource takes exactly one frame number")
+    text = parts[0]
+    if not text.isdigit() or len(text) > 9 or int(text) < 1:
+        raise HTTPException(400, f"frame number {text[:20]!r} is not a positive integer")
+    return int(text)
+
+
+def _instance(request: Request, study: str, series: str, sop: str) -> render.StoredImage:
+    ctx = context(request)
+    found = render.find_instance(
+        ctx.archive.engine,
+        ctx.archive.store,
+        uid_param(study, "Study Instance UID"),
+        uid_param(series, "Series Instance UID"),
+        uid_param(sop, "SOP Instance UID"),
+    )
+    if found is None:
+        raise HTTPException(404, f"no instance {sop} in series {series} of study {study}")
+    return found
+
+
+def _render(image: render.StoredImage, params: render.RenderParams, frame_resource: bool) -> Any:
+    """Render or raise the HTTP error of §10.4.1.1.3."""
+    if not image.is_image:
+        raise HTTPException(406, "the object has no image to render")
+    try:
+        out = render.render(image.path, image.transfer_syntax_uid, params)
+    except render.FrameNotFound as exc:
+        raise HTTPException(404 if frame_resource else 400, str(exc)) from exc
+    except render.RenderError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    except render.NotRenderable as exc:
+        raise HTTPException(406, str(exc)) from exc
+    except FileNotFoundError as exc:
+        raise HTTPException(404, "the instance was deleted") from exc
+    return Response(out.data, media_type=out.media_type, headers=NO_STORE)
+
+
+def _with_frame(params: render.RenderParams, frame: int) -> render.RenderParams:
+    from dataclasses import replace
+
+    return replace(params, frame=frame)
+
+
+def _respond(
+    request: Request,
+    p: Principal,
+    image: render.StoredImage,
+    frame: int,
+    thumbnail: bool,
+    frame_resource: bool,
+) -> Response:
+    params, _media = _params(request, thumbnail)
+    response = _render(image, _with_frame(params, frame), frame_resource)
+    audit_read(request, p, "thumbnail" if thumbnail else "rendered", image)
+    return response
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{sop}/rendered",
+    tags=["dicomweb"],
+    summary="WADO-RS rendered instance (first frame)",
+)
+def instance_rendered(
+    study: str,
+    series: str,
+    sop: str,
+    request: Request,
+    p: Principal = Depends(require("view")),
+) -> Response:
+    return _respond(request, p, _instance(request, study, series, sop), 1, False, False)
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}/rendered",
+    tags=["dicomweb"],
+    summary="WADO-RS rendered frame",
+)
+def frame_rendered(
+    study: str,
+    series: str,
+    sop: str,
+    frames: str,
+    request: Request,
+    p: Principal = Depends(require("view")),
+) -> Response:
+    number = _frame_number(frames)
+    return _respond(request, p, _instance(request, study, series, sop), number, False, True)
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{sop}/thumbnail",
+    tags=["dicomweb"],
+    summary="WADO-RS instance thumbnail (middle frame)",
+)
+def instance_thumbnail(
+    study: str,
+    series: str,
+    sop: str,
+    request: Request,
+    p: Principal = Depends(require("view")),
+) -> Response:
+    image = _instance(request, study, series, sop)
+    return _respond(request, p, image, (image.frames + 1) // 2, True, False)
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}/thumbnail",
+    tags=["dicomweb"],
+    summary="WADO-RS frame thumbnail",
+)
+def frame_thumbnail(
+    study: str,
+    series: str,
+    sop: str,
+    frames: str,
+    request: Request,
+    p: Principal = Depends(require("view")),
+) -> Response:
+    number = _frame_number(frames)
+    return _respond(request, p, _instance(request, study, series, sop), number, True, True)
+
+
+def _representative(request: Request, study: str, series: str | None) -> render.StoredImage:
+    ctx = context(request)
+    study_uid = uid_param(study, "Study Instance UID")
+    series_uid = uid_param(series, "Series Instance UID") if series is not None else None
+    exists, image = render.representative_instance(
+        ctx.archive.engine, ctx.archive.store, study_uid, series_uid
+    )
+    what = f"series {series}" if series is not None else f"study {study}"
+    if not exists:
+        raise HTTPException(404, f"no {what}")
+    if image is None:
+        raise HTTPException(406, f"the {what} holds no image to make a thumbnail from")
+    return image
+
+
+@router.get(
+    "/studies/{study}/series/{series}/thumbnail",
+    tags=["dicomweb"],
+    summary="WADO-RS series thumbnail (middle image)",
+)
+def series_thumbnail(
+    study: str,
+    series: str,
+    request: Request,
+    p: Principal = Depends(require("view")),
+) -> Response:
+    image = _representative(request, study, series)
+    return _respond(request, p, image, (image.frames + 1) // 2, True, False)
+
+
+@router.get(
+    "/studies/{study}/thumbnail",
+    tags=["dicomweb"],
+    summary="WADO-RS study thumbnail (middle image of the first series)",
+)
+def study_thumbnail(
+    study: str,
+    request: Request,
+    p: Principal = Depends(require("view")),
+) -> Response:
+    image = _representative(request, study, None)
+    return _respond(request, p, image, (image.frames + 1) // 2, True, False)

@@ -1,0 +1,282 @@
+"""WADO-RS rendered and thumbnail resources (PS3.18 §10.4.1.1.3–.4, §8.3.5) through
+create_app(archive): pixel values against numpy references, frames, colour, viewport, media
+type negotiation, hostile parameters, non-image objects, privileges and audit."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from pydicom import dcmread
+from pydicom.pixels import convert_color_space, pixel_array
+from pydicom.uid import generate_uid
+
+from pacsbox.archive import render
+from pacsbox.archive.users import UserDirectory
+from pacsbox.web.app import create_app
+from tests.helpers import PYDICOM_TEST_FILES, make_ct
+from tests.unit.test_render import ramp, ref_linear, ref_sigmoid, reference
+
+VIEWER = ("vera", "viewer-pass-1")
+NOVIEW = ("uma", "upload-pass-1")
+WADO = ("his", "his-link-pass-1")
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+AUTH = basic(*VIEWER)
+
+
+def _users(archive) -> None:  # noqa: ANN001
+    users = UserDirectory(archive.engine)
+    users.add(VIEWER[0], "viewer", VIEWER[1])
+    users.add_role("uploader", "upload")
+    users.add(NOVIEW[0], "uploader", NOVIEW[1])
+    users.add(WADO[0], "viewer", WADO[1])
+
+
+@pytest.fixture
+def client(sqlite_archive) -> Iterator[TestClient]:  # noqa: ANN001
+    _users(sqlite_archive)
+    settings = sqlite_archive.settings.model_copy(update={"wado_user": WADO[0]})
+    with TestClient(create_app(sqlite_archive, settings)) as c:
+        c.archive = sqlite_archive  # type: ignore[attr-defined]
+        yield c
+
+
+def store(c: TestClient, ds_or_path, tmp_path: Path) -> Path:  # noqa: ANN001
+    if isinstance(ds_or_path, Path):
+        path = ds_or_path
+    else:
+        path = tmp_path / f"{ds_or_path.SOPInstanceUID}.dcm"
+        ds_or_path.save_as(path, enforce_file_format=True)
+    c.archive.ingest.store_file(path)  # type: ignore[attr-defined]
+    return path
+
+
+def url(ds, tail: str = "rendered") -> str:  # noqa: ANN001
+    return (
+        f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}/{tail}"
+    )
+
+
+def decode(content: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(content)))
+
+
+def gray(arr: np.ndarray, **attrs: object):  # noqa: ANN201
+    ds = make_ct(rows=arr.shape[-2], cols=arr.shape[-1])
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 15, 0
+    if arr.ndim == 3:
+        ds.NumberOfFrames = arr.shape[0]
+    ds.PixelData = arr.astype(np.uint16).tobytes()
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def test_rendered_instance_window_level_exact(client: TestClient, tmp_path: Path) -> None:
+    arr = ramp()
+    ds = gray(arr, RescaleIntercept=-1024, RescaleSlope=1, WindowCenter=40, WindowWidth=400)
+    store(client, ds, tmp_path)
+    r = client.get(url(ds), headers={**AUTH, "Accept": "image/png"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.headers["cache-control"] == "no-store"
+    assert np.array_equal(
+        decode(r.content), reference(arr, lambda x: ref_linear(x, 40, 400), 1, -1024)
+    )
+    # the request's window wins, with its VOI LUT function
+    r = client.get(url(ds) + "?window=500,1000,sigmoid&accept=image/png", headers=AUTH)
+    want = reference(arr, lambda x: ref_sigmoid(x, 500, 1000), 1, -1024)
+    assert np.array_equal(decode(r.content), want)
+    # default media type: JPEG of the same size, close to the PNG
+    r = client.get(url(ds), headers=AUTH)
+    assert r.headers["content-type"] == "image/jpeg"
+    jpeg = decode(r.content).astype(int)
+    exact = reference(arr, lambda x: ref_linear(x, 40, 400), 1, -1024).astype(int)
+    assert jpeg.shape == arr.shape and np.abs(jpeg - exact).mean() < 2
+
+
+def test_frames_rendered_selects_frame(client: TestClient, tmp_path: Path) -> None:
+    frames = np.stack([np.full((8, 12), v) for v in (100, 200, 300)]).astype(np.uint16)
+    ds = gray(frames, WindowCenter=200, WindowWidth=201)
+    store(client, ds, tmp_path)
+    for number, value in ((1, 100), (2, 200), (3, 300)):
+        r = client.get(
+            url(ds, f"frames/{number}/rendered"), headers={**AUTH, "Accept": "image/png"}
+        )
+        assert r.status_code == 200
+        assert (
+            decode(r.content) == reference(np.array([value]), lambda x: ref_linear(x, 200, 201))[0]
+        ).all()
+    assert client.get(url(ds, "frames/4/rendered"), headers=AUTH).status_code == 404
+    assert client.get(url(ds, "frames/0/rendered"), headers=AUTH).status_code == 400
+    assert client.get(url(ds, "frames/1,2/rendered"), headers=AUTH).status_code == 400
+    assert client.get(url(ds, "frames/x/rendered"), headers=AUTH).status_code == 400
+
+
+def test_colour_ybr_jpeg_and_palette(client: TestClient, tmp_path: Path) -> None:
+    for name in ("SC_rgb_dcmtk_+eb+cy+np.dcm", "SC_rgb_jpeg_dcmtk.dcm"):
+        path = PYDICOM_TEST_FILES / name
+        ds = dcmread(path, stop_before_pixels=True)
+        store(client, path, tmp_path)
+        r = client.get(url(ds) + "?accept=image/png", headers=AUTH)
+        assert r.status_code == 200
+        want = convert_color_space(pixel_array(path, raw=True), "YBR_FULL", "RGB")
+        assert np.array_equal(decode(r.content), want), name
+    path = PYDICOM_TEST_FILES / "examples_palette.dcm"
+    ds = dcmread(path)
+    store(client, path, tmp_path)
+    got = decode(client.get(url(ds) + "?accept=image/png", headers=AUTH).content)
+    assert got.shape == (ds.Rows, ds.Columns, 3) and len(np.unique(got.reshape(-1, 3), axis=0)) > 10
+
+
+def test_viewport_quality_and_negotiation(client: TestClient, tmp_path: Path) -> None:
+    ds = gray(ramp(64, 128), WindowCenter=1500, WindowWidth=3000)
+    store(client, ds, tmp_path)
+    r = client.get(url(ds) + "?viewport=32,32", headers=AUTH)
+    assert Image.open(io.BytesIO(r.content)).size == (32, 16)  # aspect kept
+    r = client.get(url(ds) + "?viewport=99999999,99999999", headers=AUTH)
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (4096, 2048)
+    low = client.get(url(ds) + "?quality=5", headers=AUTH).content
+    high = client.get(url(ds) + "?quality=100", headers=AUTH).content
+    assert len(low) < len(high)
+    cases = {
+        "image/png": "image/png",
+        "image/gif;q=0.5, image/png;q=0.9": "image/png",
+        "image/*": "image/jpeg",
+        "*/*": "image/jpeg",
+        "image/gif": "image/gif",
+        "text/html, image/png;q=0.1": "image/png",
+    }
+    for accept, want in cases.items():
+        r = client.get(url(ds), headers={**AUTH, "Accept": accept})
+        assert r.headers["content-type"] == want, accept
+    r = client.get(url(ds), headers={**AUTH, "Accept": "application/dicom"})
+    assert r.status_code == 406
+    # the accept query parameter wins over the header (PS3.18 §8.3.3.1)
+    r = client.get(url(ds) + "?accept=image/png", headers={**AUTH, "Accept": "image/jpeg"})
+    assert r.headers["content-type"] == "image/png"
+
+
+BAD_QUERIES = (
+    "window=abc",
+    "window=40",
+    "window=40,0",
+    "window=40,400,cubic",
+    "viewport=-1,5",
+    "viewport=0,0",
+    "viewport=10,10,999999,0,5,5",
+    "quality=0",
+    "quality=abc",
+    "quality=1000",
+)
+
+
+def test_bad_parameters_are_400(client: TestClient, tmp_path: Path) -> None:
+    ds = gray(ramp(8, 8))
+    store(client, ds, tmp_path)
+    for query in BAD_QUERIES:
+        r = client.get(url(ds) + "?" + query, headers=AUTH)
+        assert r.status_code == 400, (query, r.text)
+        assert r.json()["error"]["status"] == 400
+
+
+def test_unknown_and_malformed_uids(client: TestClient, tmp_path: Path) -> None:
+    ds = gray(ramp(8, 8))
+    store(client, ds, tmp_path)
+    other = generate_uid()
+    base = f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    assert client.get(f"{base}/instances/{other}/rendered", headers=AUTH).status_code == 404
+    wrong_series = f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{other}"
+    r = client.get(f"{wrong_series}/instances/{ds.SOPInstanceUID}/rendered", headers=AUTH)
+    assert r.status_code == 404
+    assert client.get(f"/dicom-web/studies/{other}/thumbnail", headers=AUTH).status_code == 404
+    for bad in ("1.2.abc", "1..2", "x" * 80, "1.2.3'--"):
+        r = client.get(f"{base}/instances/{bad}/rendered", headers=AUTH)
+        assert r.status_code == 400, bad
+
+
+def test_non_image_objects_are_406(client: TestClient, tmp_path: Path) -> None:
+    sr_path = PYDICOM_TEST_FILES / "test-SR.dcm"
+    sr = dcmread(sr_path, stop_before_pixels=True)
+    store(client, sr_path, tmp_path)
+    assert client.get(url(sr), headers=AUTH).status_code == 406
+    assert client.get(url(sr, "thumbnail"), headers=AUTH).status_code == 406
+    thumb = f"/dicom-web/studies/{sr.StudyInstanceUID}/series/{sr.SeriesInstanceUID}/thumbnail"
+    assert client.get(thumb, headers=AUTH).status_code == 406
+
+
+def test_thumbnails_use_the_middle_image(client: TestClient, tmp_path: Path) -> None:
+    study = generate_uid()
+    first_series, second_series = generate_uid(), generate_uid()
+    # series 2 is stored first but series 1 (lower Series Number) represents the study
+    for number, series, base_value in ((2, second_series, 3000), (1, first_series, 0)):
+        for i in range(5):
+            ds = make_ct(study, series, instance_number=i + 1, rows=8, cols=8)
+            ds.SeriesNumber = number
+            ds.BitsStored, ds.HighBit = 16, 15
+            ds.WindowCenter, ds.WindowWidth = 2500, 5001
+            ds.PixelData = np.full((8, 8), base_value + 100 * (i + 1), np.uint16).tobytes()
+            store(client, ds, tmp_path)
+
+    def value(path: str, query: str = "accept=image/png") -> tuple[int, tuple[int, int]]:
+        r = client.get(f"{path}?{query}", headers=AUTH)
+        assert r.status_code == 200, r.text
+        img = Image.open(io.BytesIO(r.content))
+        return int(np.asarray(img)[0, 0]), img.size
+
+    expect = lambda v: int(reference(np.array([v]), lambda x: ref_linear(x, 2500, 5001))[0])  # noqa: E731
+    got, size = value(f"/dicom-web/studies/{study}/thumbnail")
+    assert got == expect(300) and size == (128, 128)  # instance 3 of 5 in series 1
+    got, _ = value(f"/dicom-web/studies/{study}/series/{second_series}/thumbnail")
+    assert got == expect(3300)
+    _, size = value(f"/dicom-web/studies/{study}/thumbnail", "viewport=64,32")
+    assert size == (32, 32)
+
+
+def test_privileges_wado_user_and_audit(client: TestClient, tmp_path: Path) -> None:
+    ds = gray(ramp(8, 8))
+    store(client, ds, tmp_path)
+    assert client.get(url(ds)).status_code == 401
+    assert client.get(url(ds), headers=basic(*NOVIEW)).status_code == 403
+    r = client.get(url(ds), headers=basic(*WADO))
+    assert r.status_code == 403 and "/wado" in r.json()["error"]["message"]
+    for _ in range(3):
+        assert client.get(url(ds), headers=AUTH).status_code == 200
+    from pacsbox.archive.audit import AuditLog
+
+    engine = client.archive.engine  # type: ignore[attr-defined]
+    _total, events = AuditLog(engine).query(action="read", study_uid=ds.StudyInstanceUID)
+    mine = [e for e in events if e.username == VIEWER[0]]
+    assert len(mine) == 1 and mine[0].detail == "rendered"
+
+
+def test_lookup_on_every_database(archive, tmp_path: Path) -> None:  # noqa: ANN001
+    """find_instance / representative_instance run on SQLite, PostgreSQL and MariaDB."""
+    study, series = generate_uid(), generate_uid()
+    sops = []
+    for i in range(4):
+        ds = make_ct(study, series, instance_number=i + 1, rows=8, cols=8)
+        path = tmp_path / f"{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        archive.ingest.store_file(path)
+        sops.append(ds.SOPInstanceUID)
+    found = render.find_instance(archive.engine, archive.store, study, series, sops[2])
+    assert found is not None and found.path.is_file() and found.is_image
+    assert (
+        render.find_instance(archive.engine, archive.store, generate_uid(), None, sops[2]) is None
+    )
+    exists, image = render.representative_instance(archive.engine, archive.store, study)
+    assert exists and image is not None and image.sop_instance_uid == sops[1]  # (4-1)//2
+    out = render.render(image.path, image.transfer_syntax_uid, render.RenderParams())
+    assert out.data[:2] == b"\xff\xd8"
