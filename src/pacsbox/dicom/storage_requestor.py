@@ -149,6 +149,7 @@ class StorageRequestor:
         self.peer_max_pdu = 0
         self.established = False
         self._rbuf = bytearray()
+        self._sbuf = bytearray()
 
     # -- socket helpers -----------------------------------------------------------------
     def _fill(self, n: int) -> None:
@@ -324,10 +325,13 @@ class StorageRequestor:
         fd = fh.fileno()
         remaining = length
         pos = offset
-        buf = bytearray(min(chunk_size, max(length, 1)))
-        view = memoryview(buf)
+        want_size = min(chunk_size, max(length, 1))
+        if len(self._sbuf) < want_size:  # reused: no allocation or page faults per instance
+            self._sbuf = bytearray(want_size)
+        buf = self._sbuf
+        view = memoryview(buf)[:want_size]
         while True:
-            want = min(len(buf), remaining)
+            want = min(want_size, remaining)
             got = 0
             while got < want:
                 k = os.preadv(fd, [view[got:want]], pos + got)
