@@ -13,7 +13,7 @@ The script
    ``storescu`` process per part, all in parallel), checks that the receiver
    holds every instance, and stops the receiver by PID;
 3. records wall time, instances/s, MB/s (10^6 bytes of the sent files per
-   second of wall time), the receiver process tree's peak RSS (sampled every
+   second of wall time), the receiver process tree's peak RSS and PSS (sampled every
    100 ms) and its CPU time, prints a table plus pacsbox ratios, and writes
    ``--json FILE`` when asked.
 
@@ -272,6 +272,17 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
+def _pss_kib(pid: int) -> int:
+    """Proportional set size: pages shared by n processes count 1/n in each."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def tree_cpu_seconds(root: int) -> float:
     """Return user+system CPU of the tree, including children it has reaped."""
     total = 0
@@ -283,19 +294,25 @@ def tree_cpu_seconds(root: int) -> float:
 
 
 class RssSampler:
-    """Sample the summed VmRSS of a process tree every ``interval`` seconds."""
+    """Sample the summed VmRSS and PSS of a process tree every ``interval`` seconds.
+
+    Summed RSS counts the pages forked processes share (copy-on-write) once per process;
+    summed PSS splits them among their sharers and is the tree's real footprint.
+    """
 
     def __init__(self, root: int, interval: float = 0.1) -> None:
         self.root = root
         self.interval = interval
         self.peak_kib = 0
+        self.peak_pss_kib = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> None:
         """Take one sample now."""
-        total = sum(_rss_kib(pid) for pid in process_tree(self.root))
-        self.peak_kib = max(self.peak_kib, total)
+        pids = process_tree(self.root)
+        self.peak_kib = max(self.peak_kib, sum(_rss_kib(pid) for pid in pids))
+        self.peak_pss_kib = max(self.peak_pss_kib, sum(_pss_kib(pid) for pid in pids))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -568,6 +585,7 @@ class RunResult:
     verified: bool = False
     storescu_rc: list[int] = field(default_factory=list)
     peak_rss_mib: float = 0.0
+    peak_pss_mib: float = 0.0
     cpu_s: float = 0.0
     cpu_ms_per_inst: float = 0.0
     error: str = ""
@@ -649,6 +667,7 @@ def run_once(
             result.settle_s = time.perf_counter() - started - result.wall_s
             result.cpu_s = tree_cpu_seconds(receiver.proc.pid) - cpu_before
         result.peak_rss_mib = sampler.peak_kib / 1024
+        result.peak_pss_mib = sampler.peak_pss_kib / 1024
         result.inst_per_s = len(files) / result.wall_s
         result.mb_per_s = payload / result.wall_s / 1e6
         result.cpu_ms_per_inst = result.cpu_s * 1000 / len(files)
@@ -695,14 +714,15 @@ def print_report(results: list[RunResult], repeat: int) -> None:
     print(f"Ingest results{label}")
     header = (
         f"{'receiver':<9} {'assoc':>5} {'wall s':>7} {'inst/s':>7} {'MB/s':>6} "
-        f"{'stored':>7} {'peak RSS MiB':>12} {'CPU ms/inst':>11}  ok"
+        f"{'stored':>7} {'peak RSS MiB':>12} {'PSS MiB':>7} {'CPU ms/inst':>11}  ok"
     )
     print(header)
     print("-" * len(header))
     for (name, assoc), r in summary.items():
         print(
             f"{name:<9} {assoc:>5} {r.wall_s:>7.2f} {r.inst_per_s:>7.1f} {r.mb_per_s:>6.1f} "
-            f"{r.stored:>7} {r.peak_rss_mib:>12.1f} {r.cpu_ms_per_inst:>11.2f}  "
+            f"{r.stored:>7} {r.peak_rss_mib:>12.1f} {r.peak_pss_mib:>7.1f} "
+            f"{r.cpu_ms_per_inst:>11.2f}  "
             f"{'yes' if r.verified else 'NO'}"
         )
     for r in results:
