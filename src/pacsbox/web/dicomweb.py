@@ -228,9 +228,16 @@ def _uid(value: str, what: str) -> str:
 
 
 def _base(request: Request) -> str:
-    """Absolute URL of the DICOMweb root as the client called it (for RetrieveURL,
-    BulkDataURI)."""
-    return str(request.base_url).rstrip("/") + "/dicom-web"
+    """Absolute URL of the DICOMweb root as the client called it (for RetrieveURL and
+    BulkDataURI): scheme and Host header. Some clients (dicomweb-client) send a Host header
+    without the port even on a non-default port; then the listening socket's port is used."""
+    url = request.base_url
+    host = request.headers.get("host", "")
+    server = request.scope.get("server")
+    default = 443 if url.scheme == "https" else 80
+    if host and not re.search(r":\d+$", host) and server and server[1] and server[1] != default:
+        url = url.replace(port=server[1])
+    return str(url).rstrip("/") + "/dicom-web"
 
 
 class ReadAudit:

@@ -54,8 +54,8 @@ IMAGE_MEDIA_TYPES: dict[str, tuple[str, ...]] = {
     "image/x-jls": ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"),
     "image/jp2": ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"),
     "image/jpx": ("1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93"),
-    "image/x-dicom-rle": ("1.2.840.10008.1.2.5",),
     "image/dicom-rle": ("1.2.840.10008.1.2.5",),
+    "image/x-dicom-rle": ("1.2.840.10008.1.2.5",),
 }
 #: The media type a compressed transfer syntax's frames are served as.
 MEDIA_TYPE_OF_SYNTAX: dict[str, str] = {}
