@@ -84,7 +84,9 @@ class Orthanc:
         return ids[0] if ids else None
 
 
-def start_orthanc(tmp: Path, pacsbox: Server) -> Orthanc:
+def start_orthanc(tmp: Path, pacsbox: Server, extra: dict[str, Any] | None = None) -> Orthanc:
+    """A private Orthanc with pacsbox as a DICOM modality; ``extra`` adds/overrides
+    configuration keys (plugins, DICOMweb servers)."""
     dicom_port, http_port = free_port(), free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     config = {
@@ -107,6 +109,7 @@ def start_orthanc(tmp: Path, pacsbox: Server) -> Orthanc:
         "SaveJobs": False,
         "DicomModalities": {"pacsbox": [pacsbox.ae_title, "127.0.0.1", pacsbox.port]},
     }
+    config.update(extra or {})
     path = tmp / "orthanc.json"
     path.write_text(json.dumps(config, indent=1))
     log = tmp / "orthanc.log"

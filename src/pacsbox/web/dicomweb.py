@@ -1427,6 +1427,9 @@ def stow_response(results: list[_StowResult], base: str) -> tuple[int, dict[str,
     return status, body
 
 
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]+")
+
+
 async def _stow(request: Request, p: Principal, study: str) -> Response:
     ctx = context(request)
     media, params = parse_media_type(request.headers.get("content-type", ""))
@@ -1438,11 +1441,8 @@ async def _stow(request: Request, p: Principal, study: str) -> Response:
             415, f"parts of type {part_type!r} are not supported; send application/dicom"
         )
     boundary = params.get("boundary", "")
-    if (
-        not boundary
-        or len(boundary) > 70
-        or not re.fullmatch(r"[0-9A-Za-z'()+_,\-./:=? ]+", boundary)
-    ):
+    # RFC 2046 allows 70 characters; some senders use more (Orthanc: two UUIDs, 73)
+    if not boundary or len(boundary) > 200 or not _BOUNDARY.fullmatch(boundary):
         raise HTTPException(400, "multipart/related needs a valid boundary parameter")
     length = request.headers.get("content-length")
     limit = ctx.settings.stow_max_bytes
