@@ -390,3 +390,25 @@ def test_parse_viewport_quality_region_and_sizes() -> None:
     for bad in ("0", "-3", "1e3", "", "12" * 20):
         with pytest.raises(RenderError):
             render.parse_positive_int(bad, "rows")
+
+
+@pytest.mark.parametrize("signed", [0, 1])
+@pytest.mark.parametrize("bits", [(16, 12), (16, 16), (8, 8), (8, 7)])
+def test_native_fast_path_equals_pydicom(tmp_path: Path, signed: int, bits: tuple) -> None:
+    """The numpy read of native frames gives pydicom's values (unused high bits masked or
+    sign-extended, PS3.5 §8.1.1), for every frame."""
+    allocated, stored = bits
+    rng = np.random.default_rng(allocated * 100 + stored + signed)
+    raw = rng.integers(0, 1 << allocated, size=(3, 6, 10), dtype=np.uint64)
+    ds = make_ct(rows=6, cols=10)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = allocated, stored, stored - 1
+    ds.PixelRepresentation = signed
+    ds.NumberOfFrames = 3
+    ds.PixelData = raw.astype(f"<u{allocated // 8}").tobytes()
+    path = tmp_path / "n.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    want = dcmread(path).pixel_array
+    for index in range(3):
+        frame = render.read_frame(path, EXPLICIT_LE, index + 1)
+        assert frame.pixels.dtype.kind == want.dtype.kind
+        assert np.array_equal(frame.pixels, want[index]), index

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import struct
 import zlib
 from collections.abc import Callable
@@ -288,7 +289,10 @@ def read_frame(path: Path, transfer_syntax_uid: str, frame: int = 1) -> Frame:
         opts: dict[str, Any] = {"pixel_keyword": keyword}
         if not ts.is_implicit_VR:
             opts["pixel_vr"] = tag_bytes[4:6].decode("ascii", "replace")
-            fh.read(4)
+            length_bytes = fh.read(4)
+        else:
+            length_bytes = tag_bytes[4:8]
+        length = struct.unpack(f"{endian}I", length_bytes)[0] if len(length_bytes) == 4 else 0
         for attr in (
             "Rows",
             "Columns",
@@ -301,6 +305,9 @@ def read_frame(path: Path, transfer_syntax_uid: str, frame: int = 1) -> Frame:
         nframes = _number_of_frames(header)
         if frame < 1 or frame > nframes:
             raise FrameNotFound(f"frame {frame} does not exist (the object has {nframes})")
+        fast = _native_gray_frame(fh, header, ts, keyword, length, frame - 1, nframes)
+        if fast is not None:
+            return Frame(header, fast, _photometric(header), frame - 1, nframes)
         try:
             decoder = get_decoder(ts)
         except NotImplementedError as exc:
@@ -322,6 +329,45 @@ def read_frame(path: Path, transfer_syntax_uid: str, frame: int = 1) -> Frame:
         )
     )
     return Frame(header, arr, photometric.strip().upper(), frame - 1, nframes)
+
+
+def _photometric(ds: Dataset) -> str:
+    return str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
+
+
+def _native_gray_frame(
+    fh: BinaryIO, ds: Dataset, ts: UID, keyword: str, length: int, index: int, nframes: int
+) -> np.ndarray | None:
+    """Fast path for the common case (PS3.5 §8.1.1 native little endian, one sample of 8, 16
+    or 32 bits): read only the frame's bytes and view them with numpy; None otherwise (the
+    pydicom decoder then does the work)."""
+    if keyword != "PixelData" or not ts.is_little_endian or ts.is_compressed:
+        return None
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+        stored = int(ds.get("BitsStored") or bits)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        signed = int(ds.get("PixelRepresentation") or 0) == 1
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if samples != 1 or bits not in (8, 16, 32) or not 0 < stored <= bits or rows * cols == 0:
+        return None
+    if _photometric(ds) not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    size = rows * cols * bits // 8
+    if length == 0xFFFFFFFF or length < size * nframes:
+        return None  # undefined or short length: let pydicom judge
+    fh.seek(index * size, os.SEEK_CUR)
+    data = fh.read(size)
+    if len(data) != size:
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    arr = np.frombuffer(data, dtype=dtype).reshape(rows, cols)
+    if stored < bits:  # bits above Bits Stored are not part of the value (PS3.5 §8.1.1)
+        shift = bits - stored  # signed: sign-extend from bit Bits Stored - 1
+        arr = (arr << shift) >> shift if signed else arr & dtype.type((1 << stored) - 1)
+    return arr
 
 
 def _number_of_frames(ds: Dataset) -> int:
