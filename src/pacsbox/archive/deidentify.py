@@ -71,7 +71,7 @@ ACTIONS: dict[str, str] = {
     "PatientReligiousPreference": X,
     "PatientComments": X,
     "AdditionalPatientHistory": X,
-    "AllergyPresent": X,
+    "Allergies": X,
     "MedicalAlerts": X,
     "PregnancyStatus": X,
     "SmokingStatus": X,
