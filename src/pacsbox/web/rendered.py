@@ -25,8 +25,6 @@ The work is :mod:`pacsbox.archive.render`; nothing is cached (``Cache-Control: n
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -42,7 +40,6 @@ THUMBNAIL_VIEWPORT = (render.THUMBNAIL_SIZE, render.THUMBNAIL_SIZE)
 #: Media types in our order of preference when the client accepts several equally.
 RENDERED_TYPES = ("image/jpeg", "image/png", "image/gif")
 NO_STORE = {"Cache-Control": "no-store"}
-AUDIT_INTERVAL = 300.0  # s: one "read" audit event per user, study and kind per interval
 
 
 def uid_param(value: str, what: str) -> str:
@@ -87,48 +84,24 @@ def negotiate(accept: str | None, allowed: tuple[str, ...] = RENDERED_TYPES) -> 
     return best[2] if best else None
 
 
-class AuditOnce:
-    """Writes a ``read`` audit event at most once per (user, object, kind) per interval and
-    process: a viewer scrolling a series does not write one row per frame."""
-
-    def __init__(self, interval: float = AUDIT_INTERVAL, size: int = 4096) -> None:
-        self.interval = interval
-        self.size = size
-        self._seen: dict[tuple[str, str, str], float] = {}
-        self._lock = threading.Lock()
-
-    def due(self, key: tuple[str, str, str]) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            last = self._seen.get(key)
-            if last is not None and now - last < self.interval:
-                return False
-            if len(self._seen) >= self.size:
-                self._seen = {k: t for k, t in self._seen.items() if now - t < self.interval}
-                if len(self._seen) >= self.size:
-                    self._seen.clear()
-            self._seen[key] = now
-            return True
-
-
-_audit_once = AuditOnce()
-
-
 def audit_read(
     request: Request, p: Principal, what: str, image: render.StoredImage, once: bool = True
 ) -> None:
-    """A ``read`` audit event for ``image``'s study (deduplicated when ``once``)."""
-    key = (p.username, image.study_instance_uid, what)
-    if once and not _audit_once.due(key):
+    """A ``read`` audit event for ``image``'s study; with ``once`` through the DICOMweb
+    de-duplication (one event per user, client, study and kind per window, app state
+    ``dicomweb_audit``), else always."""
+    extra = {"series_uid": image.series_instance_uid, "sop_uid": image.sop_instance_uid}
+    dedup = getattr(request.app.state, "dicomweb_audit", None) if once else None
+    if dedup is not None:
+        dedup.record(request, p, what, image.study_instance_uid, **extra)
         return
     context(request).audit.record(
         "read",
         user=p.username,
         client=p.client,
         study_uid=image.study_instance_uid,
-        series_uid=image.series_instance_uid,
-        sop_uid=image.sop_instance_uid,
         detail=what,
+        **extra,
     )
 
 
