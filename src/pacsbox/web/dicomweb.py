@@ -836,6 +836,8 @@ def wado_instance(
 # -- WADO-RS: metadata (PS3.18 §10.4.1.1.2) -----------------------------------------------
 
 _TOP_BULK = re.compile(r'"([0-9A-F]{8})":\{"vr":"(OB|OD|OF|OL|OV|OW|UN)"\}')
+#: a bulk placeholder anywhere (top level: ``{"vr":"OB"}``; in items: an empty BulkDataURI)
+_NEEDS_URI = re.compile(r'\{"vr":"(?:O[BDFLVW]|UN)"\}|"BulkDataURI":""')
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
 
@@ -868,18 +870,17 @@ def instance_metadata(
     (their items could hold look-alikes), else through a parse of that one instance.
     """
     text = attributes.strip() if attributes else "{}"
-    if '"BulkDataURI":""' in text or (_TOP_BULK.search(text) is not None and '"vr":"SQ"' in text):
-        model = json.loads(text)
-        _walk_bulk(model, url, "")
-        text = json.dumps(model, separators=(",", ":"), ensure_ascii=False)
-    elif _TOP_BULK.search(text) is not None:
-        text = _TOP_BULK.sub(
-            lambda m: (
-                f'"{m.group(1)}":{{"vr":"{m.group(2)}","BulkDataURI":'
-                f'"{url}/bulkdata/{m.group(1)}"}}'
-            ),
-            text,
-        )
+    if _NEEDS_URI.search(text) is not None:  # rare: one scan with a literal prefix decides
+        if '"vr":"SQ"' in text:
+            model = json.loads(text)
+            _walk_bulk(model, url, "")
+            text = json.dumps(model, separators=(",", ":"), ensure_ascii=False)
+        else:
+            text = _TOP_BULK.sub(
+                lambda m: f'"{m.group(1)}":{{"vr":"{m.group(2)}","BulkDataURI":'
+                f'"{url}/bulkdata/{m.group(1)}"}}',
+                text,
+            )
     if not has_pixels:
         return text
     vr = "OW" if transfer_syntax in NATIVE_SYNTAXES and (bits_allocated or 8) > 8 else "OB"
@@ -1000,30 +1001,47 @@ class _Instance:
 
 
 def _one_instance(ctx: Any, study: str, series: str, sop: str) -> _Instance:
+    """The stored file and image facts of one instance (one query; 404 unless the instance
+    belongs to that series of that study)."""
     study = _uid(study, "Study Instance UID")
     series = _uid(series, "Series Instance UID")
     sop = _uid(sop, "SOP Instance UID")
-    req = RetrieveRequest("IMAGE", study_uids=[study], series_uids=[series], sop_uids=[sop])
-    selection = RetrieveSelection(ctx.archive.engine, Path(ctx.archive.store.root), req)
-    item = next(selection.iter(), None)
-    if item is None:
-        raise HTTPException(404, f"no instance {sop}")
-    with ctx.archive.engine.connect() as conn:
-        row = conn.execute(
-            select(
-                INSTANCE.c.rows,
-                INSTANCE.c.columns,
-                INSTANCE.c.samples_per_pixel,
-                INSTANCE.c.bits_allocated,
-                INSTANCE.c.number_of_frames,
-            ).where(INSTANCE.c.sop_instance_uid == sop)
-        ).first()
-    facts = None
-    if row is not None and row[0] and row[1]:
-        facts = ImageFacts(
-            int(row[0]), int(row[1]), int(row[2] or 1), int(row[3] or 8), int(row[4] or 1)
+    stmt = (
+        select(
+            INSTANCE.c.file_path,
+            INSTANCE.c.linked,
+            INSTANCE.c.transfer_syntax_uid,
+            INSTANCE.c.sop_class_uid,
+            INSTANCE.c.rows,
+            INSTANCE.c.columns,
+            INSTANCE.c.samples_per_pixel,
+            INSTANCE.c.bits_allocated,
+            INSTANCE.c.number_of_frames,
         )
-    return _Instance(item.path, item.transfer_syntax_uid, facts, item.sop_class_uid)
+        .select_from(
+            INSTANCE.join(SERIES, SERIES.c.id == INSTANCE.c.series_fk).join(
+                STUDY, STUDY.c.id == SERIES.c.study_fk
+            )
+        )
+        .where(
+            INSTANCE.c.sop_instance_uid == sop,
+            SERIES.c.series_instance_uid == series,
+            STUDY.c.study_instance_uid == study,
+        )
+    )
+    with ctx.archive.engine.connect() as conn:
+        row = conn.execute(stmt).first()
+    if row is None:
+        raise HTTPException(404, f"no instance {sop} in series {series} of study {study}")
+    key, linked, ts, sop_class, rows, columns, spp, bits, frames = row
+    try:
+        path = Path(key) if linked else ctx.archive.store.path(key)
+    except ValueError as exc:  # a damaged index row must never name a file outside the store
+        raise HTTPException(500, "the instance's storage key is invalid") from exc
+    facts = None
+    if rows and columns:
+        facts = ImageFacts(int(rows), int(columns), int(spp or 1), int(bits or 8), int(frames or 1))
+    return _Instance(path, str(ts), facts, str(sop_class))
 
 
 def parse_frame_list(text: str, frames: int) -> list[int]:
