@@ -26,7 +26,7 @@ from pydicom.uid import (
 
 from pacsbox.archive.users import UserDirectory
 from pacsbox.web.app import create_app
-from pacsbox.web.dicomweb import parse_accept, parse_media_type
+from pacsbox.web.dicomweb import instance_metadata, parse_accept, parse_media_type
 from tests.helpers import dataset_bytes, make_ct, write_study
 
 ADMIN = ("boss", "admin-pass-1")
@@ -718,3 +718,29 @@ def test_read_audit_once_per_study_and_window(
         "WADO-RS metadata",
     ]
     assert {r[2] for r in rows} == {ADMIN[0]}
+
+
+def test_instance_metadata_bulk_uris_with_and_without_sequences() -> None:
+    url = "http://h/dicom-web/studies/1/series/2/instances/3"
+    flat = '{"00080018":{"vr":"UI","Value":["3"]},"00420011":{"vr":"OB"},"00660023":{"vr":"OW"}}'
+    out = json.loads(instance_metadata(flat, url, ExplicitVRLittleEndian, 16, False))
+    assert out["00420011"] == {"vr": "OB", "BulkDataURI": f"{url}/bulkdata/00420011"}
+    assert out["00660023"]["BulkDataURI"] == f"{url}/bulkdata/00660023"
+    assert "7FE00010" not in out
+    # with sequences the placeholders are found by their position, never by look-alikes
+    nested = (
+        '{"00081140":{"vr":"SQ","Value":[{"00420011":{"vr":"OB","BulkDataURI":""},'
+        '"00091001":{"vr":"OB"}}]},"00420011":{"vr":"OB"}}'
+    )
+    out = json.loads(instance_metadata(nested, url, JPEGLSLossless, 16, True))
+    item = out["00081140"]["Value"][0]
+    assert item["00420011"]["BulkDataURI"] == f"{url}/bulkdata/00081140/0/00420011"
+    assert item["00091001"]["BulkDataURI"] == f"{url}/bulkdata/00081140/0/00091001"
+    assert out["00420011"]["BulkDataURI"] == f"{url}/bulkdata/00420011"
+    assert out["7FE00010"] == {"vr": "OB", "BulkDataURI": f"{url}/bulkdata/7FE00010"}
+    # the common case is untouched text plus Pixel Data
+    plain = '{"00080018":{"vr":"UI","Value":["3"]}}'
+    assert instance_metadata(plain, url, ImplicitVRLittleEndian, 8, True) == (
+        '{"00080018":{"vr":"UI","Value":["3"]},'
+        f'"7FE00010":{{"vr":"OB","BulkDataURI":"{url}/bulkdata/7FE00010"}}}}'
+    )
