@@ -280,3 +280,52 @@ def test_lookup_on_every_database(archive, tmp_path: Path) -> None:  # noqa: ANN
     assert exists and image is not None and image.sop_instance_uid == sops[1]  # (4-1)//2
     out = render.render(image.path, image.transfer_syntax_uid, render.RenderParams())
     assert out.data[:2] == b"\xff\xd8"
+
+
+def _parts(body: bytes, ctype: str) -> list[tuple[str, bytes]]:
+    boundary = ctype.split("boundary=")[1].strip('"')
+    out = []
+    for chunk in body.split(f"--{boundary}".encode())[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, _, data = chunk.partition(b"\r\n\r\n")
+        out.append((head.decode().strip(), data[:-2]))
+    return out
+
+
+def test_study_and_series_rendered_multipart(client: TestClient, tmp_path: Path) -> None:
+    study, series_a, series_b = generate_uid(), generate_uid(), generate_uid()
+    values = {}
+    for series, number, count in ((series_b, 2, 2), (series_a, 1, 3)):
+        for i in range(count):
+            ds = make_ct(study, series, instance_number=i + 1, rows=4, cols=6)
+            ds.SeriesNumber = number
+            ds.BitsStored, ds.HighBit = 16, 15
+            ds.WindowCenter, ds.WindowWidth = 500, 1001
+            value = 100 * number + 10 * i
+            ds.PixelData = np.full((4, 6), value, np.uint16).tobytes()
+            values[(number, i)] = value
+            store(client, ds, tmp_path)
+    store(client, PYDICOM_TEST_FILES / "test-SR.dcm", tmp_path)  # other study: ignored
+    r = client.get(f"/dicom-web/studies/{study}/rendered?accept=image/png", headers=AUTH)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith('multipart/related; type="image/png"')
+    parts = _parts(r.content, r.headers["content-type"])
+    assert [h for h, _ in parts] == ["Content-Type: image/png"] * 5
+    got = [int(np.asarray(Image.open(io.BytesIO(d)))[0, 0]) for _, d in parts]
+    order = [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1)]  # Series Number, then Instance Number
+    want = [
+        int(reference(np.array([values[k]]), lambda x: ref_linear(x, 500, 1001))[0]) for k in order
+    ]
+    assert got == want
+    r = client.get(f"/dicom-web/studies/{study}/series/{series_b}/rendered", headers=AUTH)
+    parts = _parts(r.content, r.headers["content-type"])
+    assert len(parts) == 2 and all(d[:2] == b"\xff\xd8" for _, d in parts)
+    assert (
+        client.get(f"/dicom-web/studies/{generate_uid()}/rendered", headers=AUTH).status_code == 404
+    )
+    r = client.get(f"/dicom-web/studies/{study}/rendered?window=x", headers=AUTH)
+    assert r.status_code == 400
+    sr = dcmread(PYDICOM_TEST_FILES / "test-SR.dcm", stop_before_pixels=True)
+    r = client.get(f"/dicom-web/studies/{sr.StudyInstanceUID}/rendered", headers=AUTH)
+    assert r.status_code == 406

@@ -814,3 +814,37 @@ def representative_instance(
             if row is not None:
                 return True, _stored(store, row)
     return True, None
+
+
+def list_images(
+    engine: Any, store: Any, study_uid: str, series_uid: str | None = None
+) -> tuple[bool, list[StoredImage]]:
+    """The image instances of a study (or one of its series) in viewing order: Series Number,
+    then Instance Number. Returns (the study/series exists, the images)."""
+    from sqlalchemy import func, select
+
+    from pacsbox.archive.retrieve import INSTANCE, SERIES, STUDY
+
+    last = 2_147_483_647
+    where = [STUDY.c.study_instance_uid == study_uid]
+    if series_uid is not None:
+        where.append(SERIES.c.series_instance_uid == series_uid)
+    with engine.connect() as conn:
+        exists = conn.execute(
+            select(SERIES.c.id).join(STUDY, STUDY.c.id == SERIES.c.study_fk).where(*where).limit(1)
+        ).first()
+        if exists is None:
+            return False, []
+        rows = conn.execute(
+            select(*_image_columns())
+            .join(SERIES, SERIES.c.id == INSTANCE.c.series_fk)
+            .join(STUDY, STUDY.c.id == SERIES.c.study_fk)
+            .where(*where, INSTANCE.c.rows > 0)
+            .order_by(
+                func.coalesce(SERIES.c.series_number, last),
+                SERIES.c.id,
+                func.coalesce(INSTANCE.c.instance_number, last),
+                INSTANCE.c.id,
+            )
+        ).all()
+    return True, [_stored(store, row) for row in rows]

@@ -14,9 +14,12 @@ Under ``/dicom-web``, privilege ``view``:
 Query parameters (§8.3.5.1): ``window=center,width[,linear|linear-exact|sigmoid]``,
 ``viewport=vw,vh[,sx,sy,sw,sh]``, ``quality=1..100``, ``accept=<media type>`` (overrides the
 Accept header, §8.3.3.1); ``annotation`` and ``charset`` are accepted and ignored. Media types
-(§8.3.5.1.1 / Table 8.7.4-1): image/jpeg (default), image/png, image/gif. Study- and
-series-level ``/rendered`` are not offered (a multipart of every image is what
-``/thumbnail`` and per-instance requests do better).
+(§8.3.5.1.1 / Table 8.7.4-1): image/jpeg (default), image/png, image/gif.
+
+``/studies/{s}/rendered`` and ``/studies/{s}/series/{se}/rendered`` answer
+``multipart/related; type="image/jpeg"`` (or png/gif) with one part per image instance (its
+first frame) in Series Number / Instance Number order, rendered one at a time while streaming;
+instances without pixel data are left out.
 
 Status codes: 400 bad parameter or UID, 404 unknown study/series/instance or frame, 406 no
 acceptable media type or the object has no renderable pixel data (SR, PDF, undecodable codec).
@@ -25,10 +28,11 @@ The work is :mod:`pacsbox.archive.render`; nothing is cached (``Cache-Control: n
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from pacsbox.archive import render
 from pacsbox.archive.storage import InvalidUID, check_uid
@@ -298,3 +302,66 @@ def study_thumbnail(
 ) -> Response:
     image = _representative(request, study, None)
     return _respond(request, p, image, (image.frames + 1) // 2, True, False)
+
+
+def _multipart(request: Request, p: Principal, study: str, series: str | None) -> Response:
+    """Every image of a study/series rendered, as one multipart/related answer (streamed)."""
+    import uuid
+
+    params, media = _params(request, False)
+    ctx = context(request)
+    study_uid = uid_param(study, "Study Instance UID")
+    series_uid = uid_param(series, "Series Instance UID") if series is not None else None
+    exists, images = render.list_images(
+        ctx.archive.engine, ctx.archive.store, study_uid, series_uid
+    )
+    what = f"series {series}" if series is not None else f"study {study}"
+    if not exists:
+        raise HTTPException(404, f"no {what}")
+    if not images:
+        raise HTTPException(406, f"the {what} holds no image to render")
+    boundary = uuid.uuid4().hex
+    head = f"--{boundary}\r\nContent-Type: {media}\r\n\r\n".encode()
+
+    def parts() -> Iterator[bytes]:
+        for image in images:
+            try:
+                out = render.render(image.path, image.transfer_syntax_uid, params)
+            except (render.RenderError, render.NotRenderable, OSError):
+                continue  # deleted meanwhile, undecodable, region outside this image
+            yield head + out.data + b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    audit_read(request, p, "rendered", images[0])
+    return StreamingResponse(
+        parts(),
+        media_type=f'multipart/related; type="{media}"; boundary={boundary}',
+        headers=NO_STORE,
+    )
+
+
+@router.get(
+    "/studies/{study}/series/{series}/rendered",
+    tags=["dicomweb"],
+    summary="WADO-RS rendered series (multipart, one image per instance)",
+)
+def series_rendered(
+    study: str,
+    series: str,
+    request: Request,
+    p: Principal = Depends(require("view")),
+) -> Response:
+    return _multipart(request, p, study, series)
+
+
+@router.get(
+    "/studies/{study}/rendered",
+    tags=["dicomweb"],
+    summary="WADO-RS rendered study (multipart, one image per instance)",
+)
+def study_rendered(
+    study: str,
+    request: Request,
+    p: Principal = Depends(require("view")),
+) -> Response:
+    return _multipart(request, p, study, None)
