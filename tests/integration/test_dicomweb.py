@@ -377,6 +377,8 @@ def test_stow_hostile_bodies_store_nothing_and_lose_nothing(sqlite_archive, tmp_
         assert post(b"x", 'multipart/related; boundary="' + "b" * 201 + '"') == 400
         assert post(b"x", "application/dicom") == 415
         assert post(b"x", 'multipart/related; type="application/dicom+json"; boundary=B') == 415
+        long_header = b"--B\r\nX-Junk: " + b"j" * 20_000 + b"\r\n\r\nx\r\n--B--\r\n"
+        assert post(long_header, mp) == 400
         huge = multipart_body([b"\0" * 300_000], "B")
         assert post(huge, mp) == 413
 
@@ -744,3 +746,41 @@ def test_instance_metadata_bulk_uris_with_and_without_sequences() -> None:
         '{"00080018":{"vr":"UI","Value":["3"]},'
         f'"7FE00010":{{"vr":"OB","BulkDataURI":"{url}/bulkdata/7FE00010"}}}}'
     )
+
+
+def test_native_storage_format_is_served_as_part10(tmp_path: Path) -> None:
+    from pacsbox.app import build_archive
+    from pacsbox.settings import Settings
+
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        bind_address="127.0.0.1",
+        dicom_port=0,
+        dicom_tls_port=0,
+        http_port=0,
+        hl7_port=0,
+        storage_format="native",
+    )
+    archive = build_archive(settings)
+    try:
+        with _client(archive) as c:
+            ds = make_ct()
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+            path = tmp_path / "implicit.dcm"
+            ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=True)
+            assert stow(c, [path.read_bytes()])[0] == 200
+            url = (
+                f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+                f"/instances/{ds.SOPInstanceUID}"
+            )
+            [(ctype, data)] = split_multipart(c.get(url, headers={**H, "Accept": DICOM_ANY}))
+            assert ctype == f"application/dicom; transfer-syntax={ImplicitVRLittleEndian}"
+            assert data[128:132] == b"DICM" and data[dcm_offset(data) :] == dataset_bytes(path)
+            # the default syntax (Explicit VR LE): re-encoded, same values
+            [(ctype, data)] = split_multipart(c.get(url, headers=H))
+            assert ctype.endswith(ExplicitVRLittleEndian)
+            got = dcmread(BytesIO(data))
+            assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+            assert got.PixelData == ds.PixelData and got.PatientName == ds.PatientName
+    finally:
+        archive.engine.dispose()

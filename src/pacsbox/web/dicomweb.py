@@ -100,6 +100,7 @@ CHUNK = 1 << 20
 #: Seconds during which the same (user, client, study, kind) read is audited only once.
 AUDIT_WINDOW = 60.0
 MAX_STOW_PARTS = 10_000
+MAX_PART_HEADER = 8192
 MAX_FRAMES_PER_REQUEST = 10_000
 MAX_LIMIT = 100_000
 
@@ -877,8 +878,10 @@ def instance_metadata(
             text = json.dumps(model, separators=(",", ":"), ensure_ascii=False)
         else:
             text = _TOP_BULK.sub(
-                lambda m: f'"{m.group(1)}":{{"vr":"{m.group(2)}","BulkDataURI":'
-                f'"{url}/bulkdata/{m.group(1)}"}}',
+                lambda m: (
+                    f'"{m.group(1)}":{{"vr":"{m.group(2)}","BulkDataURI":'
+                    f'"{url}/bulkdata/{m.group(1)}"}}'
+                ),
                 text,
             )
     if not has_pixels:
@@ -1280,9 +1283,17 @@ class _StowParser:
 
     def _hfield(self, data: bytes, start: int, end: int) -> None:
         self._field += data[start:end]
+        self._check_header()
 
     def _hvalue(self, data: bytes, start: int, end: int) -> None:
         self._value += data[start:end]
+        self._check_header()
+
+    def _check_header(self) -> None:
+        if len(self._field) + len(self._value) > MAX_PART_HEADER:
+            raise HTTPException(400, f"a part header is longer than {MAX_PART_HEADER} bytes")
+        if self.current is not None and len(self.current.headers) > 50:
+            raise HTTPException(400, "a part has more than 50 header fields")
 
     def _hend(self) -> None:
         if self.current is not None:
