@@ -69,6 +69,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import (  # noqa: E402 (sibling bench module)
+    count_pacsbox_files,
     dcmtk_env,
     free_port,
     machine_info,
@@ -959,6 +960,13 @@ def store_files(
     return time.perf_counter() - started
 
 
+def stored_count(target: Target) -> int:
+    """Instances the target holds: Orthanc's /statistics, or pacsbox's stored files."""
+    if target.http_port:
+        return int(http_json(target.http_port, "/statistics")["CountInstances"])
+    return count_pacsbox_files(target.workdir / "data")
+
+
 # --------------------------------------------------------------------------- measuring
 
 
@@ -1223,7 +1231,20 @@ def equal_size_phase(args: argparse.Namespace, studies: int, tmp: Path) -> tuple
             wait_ready(args, t)
             secs = store_files(args, t, files)
             info[f"load_s_{t.name}"] = round(secs, 1)
-            print(f"  stored {len(files)} instances into {t.name} in {secs:.1f} s", flush=True)
+            held = stored_count(t)
+            info[f"stored_{t.name}"] = held
+            print(
+                f"  sent {len(files)} instances to {t.name} in {secs:.1f} s; it holds {held}",
+                flush=True,
+            )
+            if held != len(files):
+                failed = [
+                    line
+                    for log in sorted(t.workdir.glob("storescu-*.log"))
+                    for line in log.read_text(errors="replace").splitlines()
+                    if line.startswith(("E:", "W:"))
+                ]
+                print("  storescu reported:\n    " + "\n    ".join(failed[:20]), flush=True)
         samples = measure(args, targets, queries, f"{studies} studies")
         for t in targets:
             info[f"cpu_s_{t.name}"] = round(tree_cpu_seconds(t.proc.pid), 1)
