@@ -82,8 +82,6 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 #: Seconds between Pending responses (0 = one after every sub-operation).
 PENDING_INTERVAL = 0.05
-#: Poll interval of the requestor association's reader thread while sub-operations run.
-DUL_POLL_DURING_RETRIEVE = 0.005
 MAX_SUBOPERATIONS = 65535  # the Number of ... Sub-operations elements are US
 MAX_CONTEXTS = 128
 
@@ -226,24 +224,13 @@ class RetrieveSCP:
     # -- the shared front part ----------------------------------------------------------
     def serve(self, op: _Operation) -> None:
         started = time.monotonic()
-        dul = getattr(op.service.assoc, "dul", None)
-        # C-MOVE only (C-GET sub-operations travel on this association): while we send, the
-        # requestor association carries just our responses and maybe a C-CANCEL, so its
-        # reader thread may poll every 5 ms instead of every 1 ms (fewer GIL hand-offs
-        # competing with the sending thread).
-        delay = getattr(dul, "_run_loop_delay", None) if op.kind == "C-MOVE" else None
         try:
-            if delay is not None:
-                dul._run_loop_delay = max(delay, DUL_POLL_DURING_RETRIEVE)  # type: ignore[union-attr]
             counts = self._serve(op)
         except Exception as exc:  # a bug or a lost database: answer, never hang the peer
             log.exception("%s from %s failed", op.kind, op.calling_ae)
             if not op.final_sent and op.requestor_alive:
                 op.respond(UNABLE_TO_PROCESS, None, f"{type(exc).__name__}: {exc}")
             return
-        finally:
-            if delay is not None:
-                dul._run_loop_delay = delay  # type: ignore[union-attr]
         if counts is not None and counts.total:
             took = max(time.monotonic() - started, 1e-6)
             log.info(
