@@ -16,6 +16,7 @@ anything unexpected. Failure responses carry an Error Comment (and Offending Ele
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -201,6 +202,15 @@ def _encodable(text: str, codecs: list[str]) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=64)
+def _codecs_for(requested: tuple[str, ...]) -> list[str]:
+    """Python codecs of a Specific Character Set value (computed once per distinct value)."""
+    try:
+        return list(convert_encodings(list(requested)))
+    except Exception:
+        return []
+
+
 def response_charset(rows_text: list[str], requested: list[str]) -> list[str]:
     """Specific Character Set for a response (PS3.4 §C.4.1.1.3.1, PS3.5 §6.1): none for plain
     ASCII (or the requested one), the requested one when it can encode every value, else
@@ -208,10 +218,7 @@ def response_charset(rows_text: list[str], requested: list[str]) -> list[str]:
     if all(t.isascii() for t in rows_text):
         return requested
     if requested:
-        try:
-            codecs = convert_encodings(requested)
-        except Exception:
-            codecs = []
+        codecs = _codecs_for(tuple(requested))
         if codecs and all(_encodable(t, codecs) for t in rows_text):
             return requested
     return ["ISO_IR 192"]
