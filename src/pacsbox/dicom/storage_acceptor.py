@@ -59,7 +59,7 @@ VERIFICATION = "1.2.840.10008.1.1"
 SPILL_BYTES = 64 * 1024 * 1024
 #: Size of the per-association receive buffer P-DATA-TF bodies are read into (a PDU larger
 #: than this gets a buffer of its own size).
-ARENA_BYTES = 2 * 1024 * 1024
+ARENA_BYTES = 1024 * 1024
 #: A peer may not declare an A-ASSOCIATE-RQ larger than this.
 MAX_ASSOCIATE_RQ = 256 * 1024
 
