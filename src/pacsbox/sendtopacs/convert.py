@@ -444,6 +444,7 @@ class Converter:
         self._image_iod(ds, sop_class, content, content_dt, "DI", frames=1)
         ds.PixelData = encapsulate([stream])
         ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True  # encapsulated (PS3.5 §A.4)
         return Converted(path, ds, "JPEG stream encapsulated unchanged")
 
     def _pixel_module(
@@ -563,6 +564,7 @@ class Converter:
             self._image_iod(ds, sop_class, content, content_dt, "DI", n)
             ds.PixelData = encapsulate(streams)
             ds["PixelData"].VR = "OB"
+            ds["PixelData"].is_undefined_length = True  # encapsulated (PS3.5 §A.4)
             note = derivation or "JPEG Baseline encoded"
         else:
             bits = 16 if sixteen else 8
@@ -633,6 +635,7 @@ class Converter:
         data = stream.data + (b"\x00" if len(stream.data) % 2 else b"")
         ds.PixelData = encapsulate([data], has_bot=False)
         ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True  # encapsulated (PS3.5 §A.4)
         how = (
             "remuxed, not re-encoded"
             if stream.remuxed
