@@ -428,3 +428,40 @@ def test_settings_file_round_trip(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="cannot read settings"):
         load(path)
     assert isinstance(Settings().validate(), Settings)
+
+
+def test_sixteen_bit_grey_png_and_additional_tag_rules(tmp_path: Path) -> None:
+    arr = (np.indices((32, 40)).sum(0) * 300).astype(np.uint16)
+    Image.fromarray(arr).save(tmp_path / "depth.png")
+    _out, ds = convert_one(tmp_path / "depth.png", tmp_path / "o")
+    assert (ds.BitsAllocated, ds.BitsStored, ds.PhotometricInterpretation) == (
+        16,
+        16,
+        "MONOCHROME2",
+    )
+    assert np.array_equal(ds.pixel_array, arr)
+    with pytest.raises(ConvertError, match="not an attribute we let presets set"):
+        ConvertOptions(additional_tag="PatientID").validate()
+    with pytest.raises(ConvertError, match="a keyword or"):
+        ConvertOptions(additional_tag="NoSuchKeyword").validate()
+
+
+def test_send_status_texts_and_association_chunks() -> None:
+    from pacsbox.sendtopacs.send import SendItem, _chunks, _contexts_for, is_success, status_text
+
+    assert status_text(0xA700) == "refused: out of resources"
+    assert status_text(0xA901).startswith("error: data set does not match")
+    assert status_text(0xC123) == "error: cannot understand"
+    assert status_text(0x0122) == "failure: SOP class not supported"
+    assert is_success(0xB000) and not is_success(0x0110) and not is_success(0xA700)
+    items = [
+        SendItem(str(i), sop_class=f"1.2.3.{i}", transfer_syntax=sc.JPEG_BASELINE)
+        for i in range(100)
+    ]
+    chunks = _chunks(items, 0, decompress=False)  # 2 contexts per class: at most 64 classes
+    assert [len(c) for c in chunks] == [64, 36]
+    assert all(len(_contexts_for(c, False)) <= 128 for c in chunks)
+    assert [len(c) for c in _chunks(items[:7], 3, False)] == [3, 3, 1]
+    # a decompressing device proposes only uncompressed syntaxes
+    cx = _contexts_for(items[:1], True)
+    assert [list(c.transfer_syntax) for c in cx] == [["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]]

@@ -156,8 +156,9 @@ def additional_tag(text: str) -> tuple[int, str]:
         vr = "LO"
     if vr not in ("LO", "LT", "SH", "ST", "UT", "CS", "UC"):
         raise ValueError(f"additional info tag {text!r}: VR {vr} cannot hold free text")
-    if tag >> 16 in (0x0002, 0x7FE0) or (tag >> 16) % 2 == 1 and False:
-        raise ValueError(f"additional info tag {text!r} is not allowed")
+    if tag >> 16 in (0x0002, 0x0008, 0x0010, 0x0020, 0x0028, 0x7FE0) and tag != 0x00204000:
+        # identifying / structural groups other than Image Comments stay under our control
+        raise ValueError(f"additional info tag {text!r}: not an attribute we let presets set")
     return int(tag), vr
 
 
