@@ -210,6 +210,11 @@ def test_qido_matching_paging_and_errors_on_every_db(client: TestClient, tmp_pat
     r2 = client.get("/dicom-web/studies?limit=2&offset=2", headers=H)
     assert r2.headers["x-total-count"] == "3" and len(r2.json()) == 1
     assert uids(r.json()) | uids(r2.json()) == {study_a, study_b, study_c}
+    r3 = client.get("/dicom-web/studies?limit=2&offset=10", headers=H)  # past the end
+    assert r3.json() == [] and r3.headers["x-total-count"] == "3"
+    r4 = client.get("/dicom-web/studies?limit=5000", headers=H)  # streamed, counted first
+    assert len(r4.json()) == 3 and r4.headers["x-total-count"] == "3"
+    assert "x-total-count" not in client.get("/dicom-web/studies", headers=H).headers
     # nothing matches: 200 with an empty array (see docs/conformance.md)
     r = client.get("/dicom-web/studies?PatientID=NOBODY&limit=5", headers=H)
     assert r.status_code == 200 and r.json() == [] and r.headers["x-total-count"] == "0"

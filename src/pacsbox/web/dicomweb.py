@@ -103,6 +103,8 @@ MAX_STOW_PARTS = 10_000
 MAX_PART_HEADER = 8192
 MAX_FRAMES_PER_REQUEST = 10_000
 MAX_LIMIT = 100_000
+#: Pages up to this size are read before answering (the total may then need no COUNT).
+PAGE_BUFFER = 1000
 
 # -- media types ----------------------------------------------------------------------------
 
@@ -602,7 +604,26 @@ def _check_json_accept(request: Request) -> None:
     raise HTTPException(406, "results are available as application/dicom+json only")
 
 
+class _Rows:
+    """The rest of a result (at most ``limit``), closing the engine's cursor on close."""
+
+    def __init__(self, rows: Iterator[Any], limit: int | None) -> None:
+        self.rows = rows
+        self.rest = rows if limit is None else islice(rows, max(limit, 0))
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self.rest)
+
+    def close(self) -> None:
+        self.rows.close()  # type: ignore[attr-defined]
+
+
 def _qido(request: Request, p: Principal, level: Level, fixed: dict[str, str]) -> Response:
+    """Run a QIDO-RS search. ``X-Total-Count`` (when paging) costs a COUNT query only when
+    the page is full: a short page already tells the total."""
     ctx = context(request)
     _check_json_accept(request)
     qido = build_qido(request, level, fixed)
@@ -610,11 +631,19 @@ def _qido(request: Request, p: Principal, level: Level, fixed: dict[str, str]) -
     headers: dict[str, str] = {}
     if qido.warnings:
         headers["Warning"] = "; ".join(f'299 pacsbox "{w}"' for w in qido.warnings)
+    paging = qido.limit is not None or qido.offset > 0
+    buffered = qido.limit is not None and qido.limit <= PAGE_BUFFER
     try:
-        if qido.limit is not None or qido.offset:
+        if paging and not buffered:
             headers["X-Total-Count"] = str(engine.count(qido.query))
         rows = engine.run(qido.query)
-        first = list(islice(rows, qido.offset, qido.offset + 1))
+        take = qido.limit if buffered else 1
+        first = list(islice(rows, qido.offset, qido.offset + (take or 0)))
+        if paging and buffered:
+            if len(first) < (qido.limit or 0) and (first or qido.offset == 0):
+                headers["X-Total-Count"] = str(qido.offset + len(first))
+            else:
+                headers["X-Total-Count"] = str(engine.count(qido.query))
     except QueryError as exc:
         raise HTTPException(400, str(exc)) from exc
     study = fixed.get("StudyInstanceUID", "")
@@ -622,21 +651,9 @@ def _qido(request: Request, p: Principal, level: Level, fixed: dict[str, str]) -
     if not first or qido.limit == 0:
         rows.close()  # type: ignore[attr-defined]
         return Response(b"[]", media_type=DICOM_JSON, headers=headers)
-    remaining = None if qido.limit is None else qido.limit - 1
-    rest = rows if remaining is None else islice(rows, remaining)
-
-    class _Closing:
-        def __iter__(self) -> Iterator[Any]:
-            return self
-
-        def __next__(self) -> Any:
-            return next(rest)
-
-        def close(self) -> None:
-            rows.close()  # type: ignore[attr-defined]
-
+    remaining = 0 if buffered else (None if qido.limit is None else qido.limit - 1)
     return StreamingResponse(
-        _qido_pages(ctx, qido, _base(request), first, _Closing()),
+        _qido_pages(ctx, qido, _base(request), first, _Rows(rows, remaining)),
         media_type=DICOM_JSON,
         headers=headers,
     )
