@@ -464,10 +464,10 @@ def test_retrieve_study_series_instance_with_transfer_syntaxes(
         url,
         headers={
             **H,
-            "Accept": DICOM_TS + JPEGLSLossless,
+            "Accept": f"{DICOM_TS}{ImplicitVRLittleEndian}; q=0.5, {DICOM_TS}{JPEGLSLossless}",
         },
     )
-    [(ctype, data)] = split_multipart(r)
+    [(ctype, data)] = split_multipart(r)  # the preferred (q=1) syntax wins
     assert ctype.endswith(JPEGLSLossless)
     assert np.array_equal(dcmread(BytesIO(data)).pixel_array, first.pixel_array)
     # nothing acceptable → 406; unknown → 404; malformed → 400

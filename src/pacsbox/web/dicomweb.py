@@ -764,8 +764,9 @@ def _instance_part(
     plan = plan_transfer(stored, list(syntaxes))
     if not plan.targets:
         return None
+    targets = sorted(plan.targets, key=syntaxes.index)  # the client's order of preference
     try:
-        ts, data = transcode(item.path, stored, plan.targets)
+        ts, data = transcode(item.path, stored, targets)
     except TranscodeError as exc:
         log.warning("WADO-RS: %s not sent: %s", item.sop_instance_uid, exc)
         return None
