@@ -269,3 +269,34 @@ def test_authentication_rules(sqlite_archive, tmp_path: Path, caplog) -> None:  
             r = c.get(path, headers=basic(*WADO))
             assert r.status_code == 403, path
         assert c.get("/api/studies", headers=AUTH).status_code == 200
+
+
+def test_native_storage_format(sqlite_settings, tmp_path: Path) -> None:  # noqa: ANN001
+    """Bare data sets (storage_format = native) come back as Part-10 files and render."""
+    from pacsbox.app import build_archive
+    from tests.helpers import dataset_bytes
+
+    archive = build_archive(sqlite_settings.model_copy(update={"storage_format": "native"}))
+    try:
+        with _client(archive) as c:
+            arr = ramp(8, 8)
+            ds = gray(arr, WindowCenter=1000, WindowWidth=500)
+            path = store(c, ds, tmp_path)
+            stored = next(Path(archive.store.root).rglob("*.dcm"))
+            assert stored.read_bytes() == dataset_bytes(path)  # no file meta on disk
+            for ts in ("*", None):
+                params = {"contentType": "application/dicom"}
+                if ts:
+                    params["transferSyntax"] = ts
+                r = c.get(wado(ds, **params), headers=AUTH)
+                assert r.status_code == 200
+                assert r.content[128:132] == b"DICM"
+                got = dcmread(io.BytesIO(r.content))
+                assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+                assert got.SOPInstanceUID == ds.SOPInstanceUID
+                assert np.array_equal(got.pixel_array, arr)
+            r = c.get(wado(ds, contentType="image/png"), headers=AUTH)
+            want = reference(arr, lambda x: ref_linear(x, 1000, 500))
+            assert np.array_equal(np.asarray(image(r.content)), want)
+    finally:
+        archive.engine.dispose()
