@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 from tests.helpers import Server, free_port, make_ct, run_dcmtk, server_env, wait_for_log
 from tests.unit.test_render import ref_linear, reference
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.xdist_group("rendered_interop")]
 
 USER, PASSWORD = "radview", "viewer-pass-9"
 HIS, HIS_PASSWORD = "his-link", "his-link-secret-7"
