@@ -25,7 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from tests.helpers import Server, free_port, make_ct, server_env, write_study
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.xdist_group("dicomweb_client")]  # one shared server
 
 USER, PASSWORD = "dwclient", "dicomweb-pass-1"
 STOW_LIMIT = 5_000_000
