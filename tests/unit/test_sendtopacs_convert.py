@@ -465,3 +465,10 @@ def test_send_status_texts_and_association_chunks() -> None:
     # a decompressing device proposes only uncompressed syntaxes
     cx = _contexts_for(items[:1], True)
     assert [list(c.transfer_syntax) for c in cx] == [["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]]
+
+
+def test_truncated_jpeg_refused(inputs: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes((inputs / "photo.jpg").read_bytes()[:3000])
+    with pytest.raises(ConvertError, match="cut.jpg: not a readable image"):
+        Converter(patient()).convert(cut)

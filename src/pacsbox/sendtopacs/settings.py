@@ -86,6 +86,7 @@ class Settings:
     sop_classes: list[SopClassEntry] = field(default_factory=default_table)
     image_encoding: str = "native"
     jpeg_quality: int = 90
+    verify_jpeg: bool = True
     tiff_split: bool = False
     video_format: str = "auto"
     video_fallback: str = "h264-hp41"
@@ -148,6 +149,7 @@ class Settings:
             additional_value=self.additional_info_default,
             image_encoding=self.image_encoding,
             jpeg_quality=self.jpeg_quality,
+            verify_jpeg=self.verify_jpeg,
             tiff_split=self.tiff_split,
             video_format=self.video_format,
             video_fallback=self.video_fallback,
