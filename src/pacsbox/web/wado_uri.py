@@ -46,7 +46,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from pacsbox.archive import render
-from pacsbox.web.auth import Principal, authenticate, context, unauthorized
+from pacsbox.web.auth import Principal, authenticate, client_address, context, unauthorized
 from pacsbox.web.rendered import NO_STORE, audit_read, uid_param
 
 router = APIRouter()
@@ -78,10 +78,9 @@ async def wado_principal(request: Request) -> Principal:
         from pacsbox.web.auth import _basic
 
         value = base64.b64encode(f"{username}:{password}".encode()).decode()
-        user = await run_in_threadpool(
-            _basic, ctx, value, request.client.host if request.client else ""
-        )
-        principal = Principal(user, "url", request.client.host if request.client else "")
+        client = client_address(request)
+        user = await run_in_threadpool(_basic, ctx, value, client)
+        principal = Principal(user, "url", client)
         request.state.user = user.username
     else:
         principal = await authenticate(request)
