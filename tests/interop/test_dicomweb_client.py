@@ -25,7 +25,8 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from tests.helpers import Server, free_port, make_ct, server_env, write_study
 
-pytestmark = [pytest.mark.interop, pytest.mark.xdist_group("dicomweb_client")]  # one shared server
+#: the tests share one server: one xdist group (--dist loadgroup)
+pytestmark = [pytest.mark.interop, pytest.mark.xdist_group(name="dicomweb_client")]
 
 USER, PASSWORD = "dwclient", "dicomweb-pass-1"
 STOW_LIMIT = 5_000_000
