@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import shutil
 import zipfile
 from collections.abc import Iterator
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from pydicom import dcmread
+from pydicom.fileset import FileSet
 
+from pacsbox.archive.importer import import_paths
 from pacsbox.archive.index.writer import counts
 from pacsbox.archive.users import UserDirectory
 from pacsbox.web.app import create_app
@@ -159,15 +162,27 @@ def test_study_zip_export(sqlite_client: TestClient, sqlite_archive, tmp_path: P
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
     zf = zipfile.ZipFile(io.BytesIO(r.content))
     names = zf.namelist()
-    assert len(names) == 4 and {n.split("/")[0] for n in names} == {"S0001", "S0002"}
+    # a File-set (PS3.10 §8): the DICOMDIR first, instances under PS3.10 file IDs
+    assert names[0] == "DICOMDIR" and len(names) == 5
+    assert all(re.fullmatch(r"DICOM(/[A-Z0-9_]{1,8}){4}", n) for n in names[1:]), names
     sent = {dcmread(p).SOPInstanceUID: dcmread(p) for p in paths}
-    for name in names:
+    for name in names[1:]:
         ds = dcmread(io.BytesIO(zf.read(name)))
-        assert name.endswith(f"/{ds.SOPInstanceUID}.dcm")
         assert ds.PixelData == sent[ds.SOPInstanceUID].PixelData
+    out = tmp_path / "unzipped"
+    zf.extractall(out)
+    fs = FileSet(dcmread(out / "DICOMDIR"))
+    assert {i.SOPInstanceUID for i in fs} == set(sent)
+    for rec in dcmread(out / "DICOMDIR").DirectoryRecordSequence:
+        if "ReferencedFileID" in rec:
+            assert "/".join(rec.ReferencedFileID) in names
+    # the unzipped folder imports again through its DICOMDIR
+    sqlite_client.delete(f"/api/studies/{study}", headers=basic(*ADMIN))
+    report = import_paths(sqlite_archive.ingest, [out])
+    assert (report.stored, report.failed) == (4, [])
     series_uid = res["results"][0]["series_instance_uid"]
     r = sqlite_client.get(f"/api/series/{series_uid}/archive", headers=basic(*ADMIN))
-    assert len(zipfile.ZipFile(io.BytesIO(r.content)).namelist()) == 2
+    assert len(zipfile.ZipFile(io.BytesIO(r.content)).namelist()) == 3
     exports = sqlite_client.get("/api/audit", params={"action": "export"}, headers=basic(*ADMIN))
     assert exports.headers["x-total-count"] == "2"
 

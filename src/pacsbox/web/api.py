@@ -24,10 +24,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from pacsbox.archive.deletion import NotFound
+from pacsbox.archive.dicomdir import FileSetInstance, plan_file_set
 from pacsbox.archive.index.writer import INSTANCE, PATIENT, SERIES, STUDY
 from pacsbox.archive.ingest import IngestRefused
 from pacsbox.archive.registry import AEEntry, RegistryError
-from pacsbox.archive.storage import InvalidUID, check_uid
+from pacsbox.archive.storage import InvalidUID, check_uid, encode_file_meta
 from pacsbox.archive.users import UserError
 from pacsbox.web.auth import (
     CSRF_COOKIE,
@@ -921,18 +922,29 @@ class _Sink:
         return out
 
 
-def _zip_stream(store: Any, files: list[tuple[str, str]]) -> Iterator[bytes]:
-    """Stored (uncompressed: DICOM pixel data rarely shrinks) zip of ``(key, name)`` files,
-    produced chunk by chunk with bounded memory."""
+def _zip_stream(
+    store: Any, dicomdir: bytes, files: list[tuple[FileSetInstance, str]]
+) -> Iterator[bytes]:
+    """Stored (uncompressed: DICOM pixel data rarely shrinks) zip of a File-set: the DICOMDIR
+    first, then each instance under its file ID, produced chunk by chunk with bounded memory.
+    Instances stored without their File Meta (``storage_format = "native"``) get it here."""
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[arg-type]
-        for key, name in files:
+        zf.writestr("DICOMDIR", dicomdir)
+        yield sink.take()
+        for inst, name in files:
             try:
-                path = store.open(key)
+                path = store.open(inst.key)
                 fh = open(path, "rb")  # noqa: SIM115
             except (OSError, ValueError):
                 continue  # a file that went missing is reported by `pacsbox check`
             with fh, zf.open(name, "w", force_zip64=True) as entry:
+                if inst.storage_format != "part10":
+                    entry.write(
+                        encode_file_meta(
+                            inst.sop_class_uid, inst.sop_instance_uid, inst.transfer_syntax_uid
+                        )
+                    )
                 while chunk := fh.read(1 << 20):
                     entry.write(chunk)
                     yield sink.take()
@@ -945,23 +957,38 @@ def _export(ctx: Any, p: Principal, level: str, uid: str) -> StreamingResponse:
     with ctx.archive.engine.connect() as conn:
         rows = conn.execute(
             select(
-                INSTANCE.c.file_path,
-                INSTANCE.c.sop_instance_uid,
-                SERIES.c.series_instance_uid,
+                PATIENT.c.patient_id,
+                PATIENT.c.issuer_of_patient_id,
+                PATIENT.c.patient_name,
                 STUDY.c.study_instance_uid,
+                STUDY.c.study_date,
+                STUDY.c.study_time,
+                STUDY.c.study_description,
+                STUDY.c.study_id,
+                STUDY.c.accession_number,
+                STUDY.c.received_at.label("study_received_at"),
+                SERIES.c.series_instance_uid,
+                SERIES.c.modality,
+                SERIES.c.series_number,
+                INSTANCE.c.sop_class_uid,
+                INSTANCE.c.sop_instance_uid,
+                INSTANCE.c.transfer_syntax_uid,
+                INSTANCE.c.instance_number,
+                INSTANCE.c.file_path.label("key"),
+                INSTANCE.c.storage_format,
             )
             .join(SERIES, SERIES.c.id == INSTANCE.c.series_fk)
             .join(STUDY, STUDY.c.id == SERIES.c.study_fk)
+            .join(PATIENT, PATIENT.c.id == STUDY.c.patient_fk)
             .where(column == uid)
-            .order_by(SERIES.c.id, INSTANCE.c.instance_number, INSTANCE.c.id)
+            .order_by(
+                SERIES.c.series_number, SERIES.c.id, INSTANCE.c.instance_number, INSTANCE.c.id
+            )
         ).all()
     if not rows:
         raise HTTPException(404, f"no {level} {uid}")
-    series_dirs: dict[str, str] = {}
-    files = []
-    for r in rows:
-        folder = series_dirs.setdefault(r.series_instance_uid, f"S{len(series_dirs) + 1:04d}")
-        files.append((r.file_path, f"{folder}/{r.sop_instance_uid}.dcm"))
+    plan = plan_file_set([FileSetInstance(**r._mapping) for r in rows])
+    files = [(inst, "/".join(file_id)) for inst, file_id in plan.files]
     ctx.audit.record(
         "export",
         user=p.username,
@@ -971,7 +998,7 @@ def _export(ctx: Any, p: Principal, level: str, uid: str) -> StreamingResponse:
         detail=f"zip download of {level} ({len(files)} instance(s))",
     )
     return StreamingResponse(
-        _zip_stream(ctx.archive.store, files),
+        _zip_stream(ctx.archive.store, plan.dicomdir, files),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{uid}.zip"'},
     )
@@ -981,7 +1008,8 @@ def _export(ctx: Any, p: Principal, level: str, uid: str) -> StreamingResponse:
 def export_study(
     study_uid: str, request: Request, p: Principal = Depends(require("export"))
 ) -> Response:
-    """A streamed zip of the study's DICOM files (``S0001/<SOP UID>.dcm`` per series)."""
+    """A streamed zip holding the study as a DICOM File-set (PS3.10 §8): ``DICOMDIR`` plus
+    ``DICOM/PTnnnnnn/STnnnnnn/SEnnnnnn/IMnnnnnn`` files (see archive/dicomdir.py)."""
     return _export(context(request), p, "study", _uid(study_uid, "Study Instance UID"))
 
 
