@@ -129,6 +129,48 @@ def test_upload_reports_each_file(sqlite_client: TestClient, tmp_path: Path) -> 
     assert r.status_code == 415
 
 
+def test_upload_streams_parts_to_data_tmp_with_a_size_limit(
+    sqlite_archive,  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
+    paths = write_study(tmp_path / "in", 1, 3)
+    size = sum(p.stat().st_size for p in paths)
+    with _client(sqlite_archive, stow_max_bytes=size + 2000) as c:
+        # plain form fields are ignored, file parts stored; data/tmp is left empty
+        files = [("file", (p.name, p.read_bytes(), "application/dicom")) for p in paths]
+        r = c.post("/api/instances", files=files, data={"note": "x"}, headers=basic(*TECH))
+        assert r.status_code == 200 and r.json()["stored"] == 3, r.text
+        assert list((Path(sqlite_archive.settings.data_dir) / "tmp").glob("*.part")) == []
+        # over the limit: 413 (declared length, or counted while streaming without one)
+        files += [("file", ("big.dcm", b"\0" * 5000, "application/dicom"))]
+        r = c.post("/api/instances", files=files, headers=basic(*TECH))
+        assert r.status_code == 413
+        boundary = "b0undary"
+        body = (
+            f"--{boundary}\r\nContent-Disposition: form-data; name=f; filename=a.dcm\r\n\r\n"
+        ).encode() + b"\0" * (size + 5000) + f"\r\n--{boundary}--\r\n".encode()
+
+        def chunks() -> Iterator[bytes]:
+            for i in range(0, len(body), 4096):
+                yield body[i : i + 4096]
+
+        r = c.post(
+            "/api/instances",
+            content=chunks(),
+            headers={**basic(*TECH), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert r.status_code == 413
+        assert list((Path(sqlite_archive.settings.data_dir) / "tmp").glob("*.part")) == []
+        # a body without any file part
+        field = f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nx\r\n'
+        r = c.post(
+            "/api/instances",
+            content=(field + f"--{boundary}--\r\n").encode(),
+            headers={**basic(*TECH), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert r.status_code == 400 and "no file" in r.text
+
+
 def test_study_search_through_query_engine(client: TestClient, tmp_path: Path) -> None:
     write = write_study
     a = write(tmp_path / "a", 1, 2, patient_name="Smith^Anna", patient_id="P1")

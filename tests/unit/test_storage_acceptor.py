@@ -109,7 +109,9 @@ def test_received_data_sets_survive_buffer_reuse(monkeypatch: pytest.MonkeyPatch
     class Acceptor:
         settings = SimpleNamespace(max_pdu_size=65536, network_timeout=10)
 
-        def store(self, msg, ts, sop_class, sop_instance, calling, abstract):  # noqa: ANN001
+        ingest = None  # no audit hook
+
+        def store(self, msg, ts, sop_class, sop_instance, calling, abstract, audit):  # noqa: ANN001
             stored[sop_instance] = b"".join(bytes(c) for c in msg.chunks)
             return 0, None
 

@@ -1,14 +1,24 @@
 """The audit log (SPEC R3): who read, stored, changed, exported or deleted what, from where,
 when, and whether it worked.
 
-One call, :meth:`AuditLog.record`, is meant for the archive services (the HTTP layer calls it
-for logins and for what its routes do). Events are rows of ``audit_event`` in the index
-database, queried by :meth:`AuditLog.query` (the admin's ``GET /api/audit``).
+Events are rows of ``audit_event`` in the index database, written by the archive services
+(PS3.15 Annex A.5 names the same kinds of events) and queried by :meth:`AuditLog.query` (the
+admin's ``GET /api/audit``). Who writes what:
 
-Still to be wired where the services live (noted in docs/admin.md): ingest (``store`` per
-instance, once the ingest path is stable), C-MOVE/C-GET and WADO (``read``/``export``),
-forwarding (``export``), modification (``modify``) and purge (``delete``). Writing an event
-never makes the audited operation fail: a database error is logged with the event instead.
+- ``store``: the ingest callers through a :class:`StoreBatch` (``Ingest.audit`` is the hook):
+  one event per study per C-STORE association (lean acceptor and pynetdicom path, written when
+  the association ends), per STOW-RS request and per REST upload, with the counts; refusals as
+  one ``failure`` event per study. Never one row per instance (C-STORE runs at hundreds/s).
+- ``delete``: ``ArchiveDeletion`` after each committed deletion.
+- ``export`` (C-MOVE, with the destination) / ``read`` (C-GET): the retrieve SCP, one event per
+  study of the request; WADO-RS/WADO-URI/rendered reads: once per user, client and study in a
+  time window (web/dicomweb.py); zip download: ``export`` by the REST route.
+- C-FIND is not audited per request: it returns index attributes, not instances, and
+  modalities/worklist clients poll it many times a minute; what is then retrieved is audited
+  (QIDO-RS searches are, de-duplicated like the other DICOMweb reads).
+- ``login``/``login-failed``/``logout``/``admin``: the HTTP layer (no archive service owns them).
+
+Writing an event never makes the audited operation fail: a database error is logged instead.
 """
 
 from __future__ import annotations
@@ -143,3 +153,68 @@ class AuditLog:
                 .offset(max(0, int(offset)))
             ).all()
         return int(total), [AuditRecord(*r) for r in rows]
+
+
+class StoreBatch:
+    """Store events of one association or one HTTP request, aggregated per study.
+
+    Ingest runs at hundreds of instances a second over C-STORE, so the archive writes no
+    audit row per instance: the caller (storage SCP, STOW-RS, upload, import) keeps one
+    batch per association/request, counts each instance in memory (no database round trip)
+    and calls :meth:`flush` when the association or request ends; that writes one ``store``
+    event per study (instances stored/replaced/kept, bytes) and one ``store``/``failure``
+    event per study with refusals. Not thread-safe: one batch belongs to one association.
+    """
+
+    def __init__(self, audit: AuditLog | None, user: str, client: str, via: str) -> None:
+        self.audit = audit
+        self.user = user
+        self.client = client
+        self.via = via
+        self.studies: dict[str, dict[str, int]] = {}
+        self.failures: dict[str, list[str]] = {}
+
+    def stored(self, study_uid: str, outcome: str, size: int) -> None:
+        tally = self.studies.get(study_uid)
+        if tally is None:
+            tally = self.studies[study_uid] = {"stored": 0, "replaced": 0, "kept": 0, "bytes": 0}
+        tally[outcome] = tally.get(outcome, 0) + 1
+        tally["bytes"] += size
+
+    def failed(self, study_uid: str, reason: str) -> None:
+        reasons = self.failures.setdefault(study_uid, [])
+        if len(reasons) < 1000:
+            reasons.append(reason)
+
+    def flush(self) -> None:
+        """Write the events gathered so far and start over. Never raises."""
+        if self.audit is None:
+            self.studies.clear()
+            self.failures.clear()
+            return
+        try:
+            for study, t in self.studies.items():
+                n = t["stored"] + t["replaced"] + t["kept"]
+                self.audit.record(
+                    "store",
+                    user=self.user,
+                    client=self.client,
+                    study_uid=study,
+                    detail=f"{self.via}: {n} instance(s) ({t['stored']} new, "
+                    f"{t['replaced']} replaced, {t['kept']} kept), {t['bytes']} bytes",
+                )
+            for study, reasons in self.failures.items():
+                first = reasons[0] if reasons else ""
+                self.audit.record(
+                    "store",
+                    user=self.user,
+                    client=self.client,
+                    outcome="failure",
+                    study_uid=study,
+                    detail=f"{self.via}: {len(reasons)} instance(s) refused; first: {first}",
+                )
+        except Exception:  # record() already logs database errors; this is for bugs
+            log.exception("store audit events not written")
+        finally:
+            self.studies.clear()
+            self.failures.clear()

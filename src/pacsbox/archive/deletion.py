@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
+from pacsbox.archive.audit import AuditLog
 from pacsbox.archive.index.db import write_connection
 from pacsbox.archive.index.writer import INSTANCE, PATIENT, SERIES, STUDY
 from pacsbox.archive.storage import FilesystemStore
@@ -42,9 +43,29 @@ class ArchiveDeletion:
     def __init__(self, engine: Engine, store: FilesystemStore) -> None:
         self.engine = engine
         self.store = store
+        self.audit = AuditLog(engine)
+
+    def _audited(self, result: Deleted, user: str, client: str, via: str) -> Deleted:
+        """One ``delete`` audit event per deletion (PS3.15 A.5.3 "DICOM Instances Accessed"
+        with action Delete), written after the commit. A failed write is only logged."""
+        self.audit.record(
+            "delete",
+            user=user,
+            client=client,
+            study_uid=result.study_uid,
+            series_uid=result.uid if result.level == "series" else "",
+            sop_uid=result.uid if result.level == "instance" else "",
+            detail=f"{via}{result.level} deleted: {result.instances} instance(s), "
+            f"{result.bytes} bytes",
+        )
+        return result
 
     # -- public ---------------------------------------------------------------------------
-    def delete_study(self, study_uid: str) -> Deleted:
+    def delete_study(
+        self, study_uid: str, *, user: str = "", client: str = "", via: str = ""
+    ) -> Deleted:
+        """Delete and audit (``user``/``client`` name who and from where; ``via`` prefixes
+        the event's detail, e.g. ``"REST: "``)."""
         with write_connection(self.engine) as conn, conn.begin():
             st = conn.execute(
                 select(STUDY.c.id, STUDY.c.patient_fk).where(
@@ -62,9 +83,13 @@ class ArchiveDeletion:
             conn.execute(delete(STUDY).where(STUDY.c.id == st.id))
             self._patient_counters(conn, st.patient_fk, result, studies=1)
         self._remove_files(result)
-        return result
+        return self._audited(result, user, client, via)
 
-    def delete_series(self, series_uid: str) -> Deleted:
+    def delete_series(
+        self, series_uid: str, *, user: str = "", client: str = "", via: str = ""
+    ) -> Deleted:
+        """Delete and audit (``user``/``client`` name who and from where; ``via`` prefixes
+        the event's detail, e.g. ``"REST: "``)."""
         with write_connection(self.engine) as conn, conn.begin():
             se = conn.execute(
                 select(
@@ -79,9 +104,13 @@ class ArchiveDeletion:
             self._drop_series_rows(conn, se.id, result)
             self._after_series_gone(conn, se.study_fk, se.patient_fk, result)
         self._remove_files(result)
-        return result
+        return self._audited(result, user, client, via)
 
-    def delete_instance(self, sop_uid: str) -> Deleted:
+    def delete_instance(
+        self, sop_uid: str, *, user: str = "", client: str = "", via: str = ""
+    ) -> Deleted:
+        """Delete and audit (``user``/``client`` name who and from where; ``via`` prefixes
+        the event's detail, e.g. ``"REST: "``)."""
         with write_connection(self.engine) as conn, conn.begin():
             row = conn.execute(
                 select(
@@ -135,7 +164,7 @@ class ArchiveDeletion:
                 result.series = 1
                 self._after_series_gone(conn, row.study_fk, row.patient_fk, result, counted=True)
         self._remove_files(result)
-        return result
+        return self._audited(result, user, client, via)
 
     # -- helpers --------------------------------------------------------------------------
     def _drop_series_rows(self, conn: Connection, series_id: int, result: Deleted) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from pacsbox.archive.audit import AuditLog
 from pacsbox.archive.header import (
     DEFLATED,
     HeaderError,
@@ -137,6 +138,9 @@ class Ingest:
         self.duplicate_policy = duplicate_policy
         self.patient_id_conflict = patient_id_conflict
         self.subscribers: list[Subscriber] = []
+        #: The audit hook: callers aggregate per association/request in a StoreBatch
+        #: (archive/audit.py) and write once at its end (no per-instance round trip).
+        self.audit = AuditLog(engine)
         self.parents = writer.ParentCache()
         self.writer = writer.IndexWriter(engine)
         #: With the default policies nothing about an existing row changes what we do, so the

@@ -47,6 +47,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import negotiate_as_acceptor
 
 from pacsbox import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacsbox.archive.audit import StoreBatch
 from pacsbox.archive.ingest import Ingest, IngestRefused
 from pacsbox.archive.registry import AERegistry
 from pacsbox.dicom.contexts import ACCEPTED_ABSTRACT_SYNTAXES, contexts_for_request
@@ -277,6 +278,9 @@ class StorageAssociation:
         self.contexts: dict[int, tuple[str, str]] = {}  # id → (abstract syntax, transfer syntax)
         self.peer_max_pdu = 0
         self.stored = 0
+        #: store audit events, one per study, written when the association ends
+        hook = getattr(acceptor.ingest, "audit", None)
+        self.audit = StoreBatch(hook, f"AE:{self.calling}", address[0], "C-STORE")
         self._arena = bytearray(0)  # allocated with the first P-DATA-TF (see _pdu_body)
         self._arena_used = 0
 
@@ -426,6 +430,7 @@ class StorageAssociation:
         finally:
             with contextlib.suppress(OSError):
                 self.sock.close()
+            self.audit.flush()
             if self.contexts:
                 log.info(
                     "association from %s calling=%s %s, %d instances stored",
@@ -549,7 +554,7 @@ class StorageAssociation:
         sop_class = _ui(cmd.get(0x0002, b""))
         sop_instance = _ui(cmd.get(0x1000, b""))
         status, comment = self.acceptor.store(
-            msg, ts, sop_class, sop_instance, self.calling, abstract
+            msg, ts, sop_class, sop_instance, self.calling, abstract, self.audit
         )
         if status == 0:
             self.stored += 1
@@ -621,10 +626,13 @@ class StorageAcceptor:
         sop_instance: str,
         calling: str,
         abstract: str,
+        audit: StoreBatch | None = None,
     ) -> tuple[int, str | None]:
-        """C-STORE → ingest; returns (status, error comment)."""
+        """C-STORE → ingest; returns (status, error comment). ``audit`` counts the outcome."""
         if sop_class != abstract:
             msg.discard()
+            if audit is not None:
+                audit.failed("", f"{sop_instance}: SOP class differs from the context")
             return 0xA900, "Affected SOP Class UID differs from the presentation context"
         try:
             if msg.spool is not None:
@@ -649,12 +657,18 @@ class StorageAcceptor:
             store_log.warning(
                 "refused %s from %s: %04X %s", sop_instance, calling, exc.status, exc.message
             )
+            if audit is not None:
+                audit.failed("", f"{sop_instance}: {exc.status:04X} {exc.message}")
             return exc.status, exc.message
         except Exception as exc:
             store_log.exception("C-STORE of %s failed", sop_instance)
+            if audit is not None:
+                audit.failed("", f"{sop_instance}: C000 {type(exc).__name__}")
             return 0xC000, f"cannot process: {type(exc).__name__}"
         finally:
             msg.discard()
+        if audit is not None:
+            audit.stored(stored.study_instance_uid, stored.outcome, stored.size)
         store_log.info(
             "stored %s class=%s ts=%s size=%d from=%s study=%s %s",
             stored.sop_instance_uid,

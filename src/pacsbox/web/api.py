@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime
@@ -21,8 +20,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
+from pacsbox.archive.audit import StoreBatch
 from pacsbox.archive.deletion import NotFound
 from pacsbox.archive.dicomdir import FileSetInstance, plan_file_set
 from pacsbox.archive.index.writer import INSTANCE, PATIENT, SERIES, STUDY
@@ -39,10 +38,10 @@ from pacsbox.web.auth import (
     context,
     require,
 )
+from pacsbox.web.dicomweb import BOUNDARY_RE, StowParser, parse_media_type
 
 router = APIRouter()
 
-MAX_UPLOAD_FILES = 1000
 UPLOAD_SOURCE_AE = "HTTP"
 
 
@@ -531,23 +530,55 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 async def upload_instances(
     request: Request, p: Principal = Depends(require("upload"))
 ) -> JSONResponse:
-    """``multipart/form-data`` with one or more file parts (any field name). Each file goes
-    through the ingest path like a C-STORE; the answer lists per file the DICOM status
-    (PS3.4 §B.2.3), the outcome and the UIDs. 200 all stored, 202 some failed, 409 none
-    stored (as STOW-RS, PS3.18 §10.5.3)."""
+    """``multipart/form-data`` with one or more file parts (any field name; parts without a
+    file name are ignored). Each part is streamed straight into ``data/tmp`` (written once,
+    bounded memory; the body may not exceed ``stow_max_bytes``: 413) and goes through the
+    ingest path like a C-STORE; the answer lists per file the DICOM status (PS3.4 §B.2.3),
+    the outcome and the UIDs. 200 all stored, 202 some failed, 409 none stored (as STOW-RS,
+    PS3.18 §10.5.3). Audited as one ``store`` event per study (archive/audit.py)."""
+    from python_multipart.exceptions import MultipartParseError
+
     ctx = context(request)
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    media, params = parse_media_type(request.headers.get("content-type", ""))
+    if media != "multipart/form-data":
         raise HTTPException(415, "send multipart/form-data with DICOM files")
-    form = await request.form(max_files=MAX_UPLOAD_FILES, max_fields=100)
-    uploads = [v for _k, v in form.multi_items() if isinstance(v, UploadFile)]
-    if not uploads:
-        raise HTTPException(400, "no file in the upload")
+    boundary = params.get("boundary", "")
+    if not boundary or len(boundary) > 200 or not BOUNDARY_RE.fullmatch(boundary):
+        raise HTTPException(400, "multipart/form-data needs a valid boundary parameter")
+    limit = ctx.settings.stow_max_bytes
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise HTTPException(413, f"the request body exceeds {limit} bytes")
     spool = Path(ctx.settings.data_dir) / "tmp"
     spool.mkdir(parents=True, exist_ok=True)
-    results = []
-    for upload in uploads:
-        results.append(await run_in_threadpool(_store_upload, ctx, upload, spool, p))
-    await form.close()
+    parser = StowParser(boundary, spool, limit)
+    batch = StoreBatch(ctx.archive.ingest.audit, p.username, p.client, "HTTP upload")
+    results: list[dict[str, Any]] = []
+    try:
+        async for chunk in request.stream():
+            if not chunk:
+                continue
+            try:
+                parts = await run_in_threadpool(parser.feed, chunk)
+            except MultipartParseError as exc:
+                raise HTTPException(400, f"malformed multipart body: {exc}") from exc
+            for part in parts:
+                name = _part_filename(part.headers.get("content-disposition", ""))
+                if name is None:  # a plain form field
+                    with contextlib.suppress(OSError):
+                        os.unlink(part.path)
+                    continue
+                results.append(await run_in_threadpool(_store_upload, ctx, part, name, batch))
+        if parser.current is not None:
+            raise HTTPException(400, "the multipart body ends inside a part (no closing boundary)")
+    finally:
+        parser.cleanup()
+        for part in parser.done:
+            with contextlib.suppress(OSError):
+                os.unlink(part.path)
+        await run_in_threadpool(batch.flush)
+    if not results:
+        raise HTTPException(400, "no file in the upload")
     stored = sum(r["status"] == "0000" for r in results)
     failed = len(results) - stored
     code = 200 if failed == 0 else (202 if stored else 409)
@@ -557,42 +588,33 @@ async def upload_instances(
     return JSONResponse(body, status_code=code)
 
 
-def _store_upload(ctx: Any, upload: UploadFile, spool: Path, p: Principal) -> dict[str, Any]:
-    name = (upload.filename or "")[:255]
-    fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=spool)
+def _part_filename(disposition: str) -> str | None:
+    """The ``filename`` of a form-data part (RFC 7578 §4.2), None for a non-file field."""
+    from python_multipart.multipart import parse_options_header
+
+    kind, options = parse_options_header(disposition)
+    if kind.lower() != b"form-data" or b"filename" not in options:
+        return None
+    return options[b"filename"].decode("utf-8", "replace")[:255]
+
+
+def _store_upload(ctx: Any, part: Any, name: str, batch: StoreBatch) -> dict[str, Any]:
+    tmp = part.path
     try:
-        with os.fdopen(fd, "wb") as out:
-            upload.file.seek(0)
-            while chunk := upload.file.read(1 << 20):
-                out.write(chunk)
         try:
             result = ctx.archive.ingest.store_file(Path(tmp), source_ae=UPLOAD_SOURCE_AE)
         except IngestRefused as exc:
             ctx.metrics.stored.labels("failed").inc()
-            ctx.audit.record(
-                "store",
-                user=p.username,
-                client=p.client,
-                outcome="failure",
-                object=name,
-                detail=exc.message.replace(tmp, name),
-            )
+            message = exc.message.replace(tmp, name)
+            batch.failed("", f"{name}: {exc.status:04X} {message}")
             return {
                 "file": name,
                 "status": f"{exc.status:04X}",
                 "outcome": "failed",
-                "message": exc.message.replace(tmp, name),
+                "message": message,
             }
         ctx.metrics.stored.labels(result.outcome).inc()
-        ctx.audit.record(
-            "store",
-            user=p.username,
-            client=p.client,
-            study_uid=result.study_instance_uid,
-            series_uid=result.series_instance_uid,
-            sop_uid=result.sop_instance_uid,
-            detail=f"HTTP upload ({result.outcome})",
-        )
+        batch.stored(result.study_instance_uid, result.outcome, result.size)
         return {
             "file": name,
             "status": "0000",
@@ -853,19 +875,10 @@ def _deleted(ctx: Any, p: Principal, level: str, uid: str) -> dict[str, Any]:
         "instance": ctx.deletion.delete_instance,
     }[level]
     try:
-        result = func(uid)
+        result = func(uid, user=p.username, client=p.client, via="REST: ")  # audits
     except NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     ctx.archive.ingest.parents.clear()  # cached parent row ids may name deleted rows
-    ctx.audit.record(
-        "delete",
-        user=p.username,
-        client=p.client,
-        study_uid=result.study_uid,
-        series_uid=uid if level == "series" else "",
-        sop_uid=uid if level == "instance" else "",
-        detail=f"{level} deleted: {result.instances} instance(s), {result.bytes} bytes",
-    )
     return {
         "deleted": level,
         "uid": uid,

@@ -50,6 +50,7 @@ from sqlalchemy import and_, func, select
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pacsbox.archive.audit import StoreBatch
 from pacsbox.archive.header import read_part10
 from pacsbox.archive.index.writer import INSTANCE, SERIES, STUDY
 from pacsbox.archive.ingest import IngestRefused
@@ -1269,7 +1270,8 @@ class _Part:
 
 
 class _StowParser:
-    """Streams a multipart/related body into one temporary file per part."""
+    """Streams a multipart body (STOW-RS multipart/related, the REST upload's
+    multipart/form-data) into one temporary file per part: each byte is written once."""
 
     def __init__(self, boundary: str, spool: Path, limit: int) -> None:
         from python_multipart.multipart import MultipartParser
@@ -1355,34 +1357,21 @@ class _StowResult:
     message: str = ""
 
 
-def _store_part(ctx: Any, part: _Part, p: Principal, study: str, part_type: str) -> _StowResult:
-    """Store one part through the ingest path; every outcome is audited (``store``)."""
+def _store_part(
+    ctx: Any, part: _Part, batch: StoreBatch, study: str, part_type: str
+) -> _StowResult:
+    """Store one part through the ingest path; the outcome is counted in the request's audit
+    batch (one ``store`` event per study, written when the request ends)."""
     try:
         result = _ingest_part(ctx, part, study, part_type)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(part.path)
     if result.status == 0:
-        ctx.audit.record(
-            "store",
-            user=p.username,
-            client=p.client,
-            study_uid=result.study,
-            series_uid=result.series,
-            sop_uid=result.sop_uid,
-            detail=f"STOW-RS ({result.message})",
-        )
+        batch.stored(result.study, result.message, part.size)
     else:
         ctx.metrics.stored.labels("failed").inc()
-        ctx.audit.record(
-            "store",
-            user=p.username,
-            client=p.client,
-            outcome="failure",
-            study_uid=result.study[:64],
-            sop_uid=result.sop_uid[:64],
-            detail=f"STOW-RS {result.status:04X}: {result.message}"[:1000],
-        )
+        batch.failed(result.study[:64], f"{result.sop_uid} {result.status:04X}: {result.message}")
     return result
 
 
@@ -1418,6 +1407,9 @@ def _ingest_part(ctx: Any, part: _Part, study: str, part_type: str) -> _StowResu
         0,
         result.outcome,
     )
+
+
+StowParser = _StowParser
 
 
 def _clean_uid(value: str) -> str:
@@ -1474,7 +1466,8 @@ def stow_response(results: list[_StowResult], base: str) -> tuple[int, dict[str,
     return status, body
 
 
-_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]+")
+#: RFC 2046 §5.1.1 boundary characters (shared with the REST upload).
+BOUNDARY_RE = _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]+")
 
 
 async def _stow(request: Request, p: Principal, study: str) -> Response:
@@ -1499,6 +1492,7 @@ async def _stow(request: Request, p: Principal, study: str) -> Response:
     spool.mkdir(parents=True, exist_ok=True)
     parser = _StowParser(boundary, spool, limit)
     results: list[_StowResult] = []
+    batch = StoreBatch(ctx.archive.ingest.audit, p.username, p.client, "STOW-RS")
     from python_multipart.exceptions import MultipartParseError
 
     try:
@@ -1510,7 +1504,9 @@ async def _stow(request: Request, p: Principal, study: str) -> Response:
             except MultipartParseError as exc:
                 raise HTTPException(400, f"malformed multipart body: {exc}") from exc
             for part in parts:
-                results.append(await run_in_threadpool(_store_part, ctx, part, p, study, part_type))
+                results.append(
+                    await run_in_threadpool(_store_part, ctx, part, batch, study, part_type)
+                )
         if parser.current is not None:
             raise HTTPException(400, "the multipart body ends inside a part (no closing boundary)")
     finally:
@@ -1518,6 +1514,7 @@ async def _stow(request: Request, p: Principal, study: str) -> Response:
         for part in parser.done:
             with contextlib.suppress(OSError):
                 os.unlink(part.path)
+        await run_in_threadpool(batch.flush)
     if not results:
         raise HTTPException(400, "no part found in the multipart body (check the boundary)")
     status, body = stow_response(results, _base(request))

@@ -50,6 +50,7 @@ from pynetdicom.dsutils import decode, encode
 from pynetdicom.events import Event
 from pynetdicom.service_class import QueryRetrieveServiceClass
 
+from pacsbox.archive.audit import AuditLog
 from pacsbox.archive.retrieve import (
     RetrieveItem,
     RetrieveSelection,
@@ -138,6 +139,8 @@ class _Operation:
         self.kind = "C-MOVE" if isinstance(req, C_MOVE) else "C-GET"
         self.final_sent = False
         self.last_pending = 0.0
+        self.request: Any = None  # the RetrieveRequest, once the identifier was understood
+        self.destination = ""
 
     @property
     def calling_ae(self) -> str:
@@ -207,6 +210,7 @@ class RetrieveSCP:
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
+        self.audit = AuditLog(archive.engine)
         install()
 
     def handlers(self) -> list[tuple[Any, Any]]:
@@ -232,6 +236,8 @@ class RetrieveSCP:
                 op.respond(UNABLE_TO_PROCESS, None, f"{type(exc).__name__}: {exc}")
             return
         if counts is not None and counts.total:
+            self._audit(op, counts)
+        if counts is not None and counts.total:
             took = max(time.monotonic() - started, 1e-6)
             log.info(
                 "%s for %s: %d completed, %d failed, %d warning of %d in %.2fs (%.0f/s)",
@@ -244,6 +250,36 @@ class RetrieveSCP:
                 took,
                 (counts.completed + counts.warning) / took,
             )
+
+    def _audit(self, op: _Operation, counts: Counts) -> None:
+        """One ``export`` (C-MOVE, with the destination) or ``read`` (C-GET) event per study
+        named in the request (PS3.15 A.5.3.2 "Begin Transferring DICOM Instances"), with the
+        sub-operation counts of the whole request; one event naming the patient when a
+        Patient-level request names no study. Written after the final response."""
+        request = op.request
+        studies = list(request.study_uids) if request is not None else []
+        action = "export" if op.kind == "C-MOVE" else "read"
+        to = f" to {op.destination}" if op.destination else ""
+        detail = (
+            f"{op.kind}{to} ({request.level if request else '?'} level): "
+            f"{counts.completed} completed, {counts.warning} warning, {counts.failed} failed "
+            f"of {counts.total}"
+        )
+        outcome = "success" if counts.completed + counts.warning else "failure"
+        try:
+            address = str(self.requestor_address(op))
+        except Exception:
+            address = ""
+        common = dict(user=f"AE:{op.calling_ae}", client=address, outcome=outcome, detail=detail)
+        if not studies:
+            pid = getattr(request, "patient_id", None) or ""
+            self.audit.record(action, object=f"patient:{pid}"[:255], **common)
+        for study in studies[:100]:
+            self.audit.record(action, study_uid=study, object=op.destination, **common)
+
+    @staticmethod
+    def requestor_address(op: _Operation) -> str:
+        return str(op.service.assoc.requestor.address or "")
 
     def _serve(self, op: _Operation) -> Counts | None:
         registry = self.archive.registry
@@ -262,9 +298,11 @@ class RetrieveSCP:
         except Exception as exc:
             op.respond(IDENTIFIER_MISMATCH, None, f"cannot decode the identifier: {exc}")
             return None
+        op.request = request
         destination = None
         if op.kind == "C-MOVE":
             title = str(op.req.MoveDestination or "").strip()
+            op.destination = title
             destination = registry.get(title) if title else None
             if destination is None or not destination.enabled or not destination.is_destination:
                 why = "unknown" if destination is None else "not an enabled destination"

@@ -11,8 +11,10 @@ import logging
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pynetdicom import evt
 from pynetdicom.events import Event
 
+from pacsbox.archive.audit import StoreBatch
 from pacsbox.archive.ingest import Ingest, IngestRefused
 
 log = logging.getLogger("pacsbox.dicom.store")
@@ -38,10 +40,21 @@ class StorageSCP:
     def __init__(self, ingest: Ingest) -> None:
         self.ingest = ingest
 
+    def _batch(self, assoc: Any, calling: str) -> StoreBatch:
+        """The association's store audit batch, written when its connection closes."""
+        batch = getattr(assoc, "pacsbox_audit", None)
+        if batch is None:
+            address = getattr(assoc.requestor, "address", "") or ""
+            batch = StoreBatch(self.ingest.audit, f"AE:{calling}", str(address), "C-STORE")
+            assoc.pacsbox_audit = batch
+            assoc.bind(evt.EVT_CONN_CLOSE, lambda _event: batch.flush())
+        return batch
+
     def handle_store(self, event: Event) -> Dataset | int:
         request: Any = event.request
         assoc = event.assoc
         calling = assoc.requestor.ae_title.strip() if assoc.requestor.ae_title else ""
+        batch = self._batch(assoc, calling)
         buffer = request.DataSet.getbuffer()
         try:
             stored = self.ingest.store_dataset(
@@ -59,12 +72,15 @@ class StorageSCP:
                 exc.status,
                 exc.message,
             )
+            batch.failed("", f"{request.AffectedSOPInstanceUID}: {exc.status:04X} {exc.message}")
             return status(exc.status, exc.message)
         except Exception as exc:  # never let a bug kill the association silently
             log.exception("C-STORE of %s failed", request.AffectedSOPInstanceUID)
+            batch.failed("", f"{request.AffectedSOPInstanceUID}: C000 {type(exc).__name__}")
             return status(0xC000, f"cannot process: {type(exc).__name__}")
         finally:
             buffer.release()
+        batch.stored(stored.study_instance_uid, stored.outcome, stored.size)
         counter = getattr(assoc, "pacsbox_stored", 0)
         assoc.pacsbox_stored = counter + 1  # type: ignore[attr-defined]
         log.info(
