@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG_FILE = "pacsbox.toml"
@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     # default) and the dedicated read-only WADO account.
     wado_url_credentials: bool = False
     wado_user: str | None = None
+    #: The config file these settings came from (load_settings) and the keys pinned by an
+    #: environment variable or a command-line override, which the file cannot change
+    #: (PATCH /api/settings, settings_runtime.py).
+    _config_file: Path | None = PrivateAttr(default=None)
+    _pinned: frozenset[str] = PrivateAttr(default=frozenset())
 
     @classmethod
     def settings_customise_sources(
@@ -206,7 +211,13 @@ def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any
         raise SettingsError(f"config file {path} does not exist")
     file_values.update(overrides)
     try:
-        return Settings(**file_values)
+        settings = Settings(**file_values)
+        settings._config_file = path.resolve()
+        env = {k.upper() for k in os.environ}
+        settings._pinned = frozenset(
+            k for k in Settings.model_fields if f"PACSBOX_{k.upper()}" in env or k in overrides
+        )
+        return settings
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -588,6 +588,12 @@ class StorageAcceptor:
         self.negotiated: dict[bytes, _Negotiated] = {}
         self.spool_dir = Path(settings.data_dir) / "tmp"
         self.spool_dir.mkdir(parents=True, exist_ok=True)
+        # settings changed at runtime (PATCH /api/settings) reach this worker process
+        from pacsbox.settings import Settings
+        from pacsbox.settings_runtime import ingest_updater, watch_settings
+
+        if isinstance(settings, Settings):
+            watch_settings(settings, ingest_updater(ingest))
 
     def check_calling(self, calling: str, host: str) -> tuple[tuple[int, int, int], str] | None:
         """None to accept, else the A-ASSOCIATE-RJ (result, source, reason) and why."""

@@ -483,6 +483,76 @@ def get_settings(request: Request, _p: Principal = Depends(require("admin"))) ->
     return context(request).settings.masked()
 
 
+@router.patch("/settings", tags=["system"], summary="Change settings that apply at runtime")
+async def patch_settings(
+    request: Request, p: Principal = Depends(require("admin"))
+) -> dict[str, Any]:
+    """JSON object ``{"key": value, ...}`` of settings from ``runtime_keys`` (see
+    ``GET /api/settings/runtime``). The change is validated, written to the config file (kept
+    line by line, replaced atomically) and applied here at once; the other worker processes
+    pick it up from the file within a few seconds (pacsbox.settings_runtime). Any other key
+    is a 400 "requires restart"; a key set by a ``PACSBOX_*`` environment variable is a 409.
+    Audited (``admin``, object ``settings``)."""
+    from pacsbox.settings_runtime import (
+        RuntimeSettingsError,
+        apply_changes,
+        ingest_updater,
+        update_config_file,
+        validate_changes,
+    )
+
+    ctx = context(request)
+    try:
+        body = await request.json()
+    except Exception as exc:
+        raise HTTPException(400, "send a JSON object of settings to change") from exc
+    settings = ctx.settings
+    try:
+        changes = validate_changes(settings, body)
+    except RuntimeSettingsError as exc:
+        ctx.audit.record(
+            "admin",
+            user=p.username,
+            client=p.client,
+            outcome="failure",
+            object="settings",
+            detail=str(exc),
+        )
+        raise HTTPException(exc.status, str(exc)) from exc
+    path = settings._config_file
+    if path is None:
+        raise HTTPException(409, "these settings were not loaded from a config file")
+    try:
+        await run_in_threadpool(update_config_file, path, changes)
+    except (OSError, ValueError) as exc:
+        raise HTTPException(500, f"cannot write the config file {path}: {exc}") from exc
+    apply_changes(settings, changes)
+    if ctx.archive.settings is not settings:
+        apply_changes(ctx.archive.settings, changes)
+    ingest_updater(ctx.archive.ingest)(changes)
+    shown = dict(changes)
+    ctx.audit.record(
+        "admin",
+        user=p.username,
+        client=p.client,
+        object="settings",
+        detail="changed: " + ", ".join(f"{k}={v!r}" for k, v in shown.items()),
+    )
+    return {"changed": shown, "config_file": str(path), "settings": settings.masked()}
+
+
+@router.get("/settings/runtime", tags=["system"], summary="Settings changeable at runtime")
+def runtime_settings(request: Request, _p: Principal = Depends(require("admin"))) -> dict:
+    from pacsbox.settings_runtime import RUNTIME_KEYS
+
+    settings = context(request).settings
+    return {
+        "runtime_keys": list(RUNTIME_KEYS),
+        "pinned_by_environment": sorted(k for k in settings._pinned if k in RUNTIME_KEYS),
+        "config_file": str(settings._config_file) if settings._config_file else None,
+    }
+
+
 @router.get("/audit", tags=["system"], summary="Query the audit log (newest first)")
 def get_audit(
     request: Request,

@@ -1571,10 +1571,32 @@ class DicomwebCORS:
             await self.app(scope, receive, send)
 
 
+def _watch_runtime_settings(app: FastAPI, settings: Any) -> None:
+    """Settings changed at runtime (PATCH /api/settings, in any HTTP worker, or by hand in
+    the config file) reach this process: the app's settings, the archive's and the ingest
+    policies (pacsbox.settings_runtime)."""
+    from pacsbox.settings import Settings
+    from pacsbox.settings_runtime import apply_changes, ingest_updater, watch_settings
+
+    if not isinstance(settings, Settings):
+        return
+
+    def on_change(changes: dict[str, Any]) -> None:
+        ctx = getattr(app.state, "pacs", None)
+        if ctx is None:
+            return
+        if ctx.archive.settings is not settings and isinstance(ctx.archive.settings, Settings):
+            apply_changes(ctx.archive.settings, changes)
+        ingest_updater(ctx.archive.ingest)(changes)
+
+    watch_settings(settings, on_change)
+
+
 def install(app: FastAPI, settings: Any) -> None:
     """Register the DICOMweb router (and CORS when ``cors_origins`` is set) on the app."""
     app.include_router(router)
     app.state.dicomweb_audit = ReadAudit()
+    _watch_runtime_settings(app, settings)
     origins = [o.strip() for o in (settings.cors_origins or []) if o.strip()]
     if origins:
         app.add_middleware(DicomwebCORS, origins=origins)
