@@ -127,3 +127,49 @@ def test_dciodvfy_and_dcmdump_accept_it(tmp_path: Path) -> None:
     )
     assert dump.returncode == 0, dump.stderr
     assert dump.stdout.count('"Directory Record" IMAGE') == 18
+
+
+def _sr_json(complete: bool = True) -> str:
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    ds.InstanceNumber = 1
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    ds.ContentDate = "20260102"
+    ds.ContentTime = "101010"
+    if complete:
+        code = Dataset()
+        code.CodeValue = "11528-7"
+        code.CodingSchemeDesignator = "LN"
+        code.CodeMeaning = "Radiology Report"
+        ds.ConceptNameCodeSequence = [code]
+    return ds.to_json()
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_objects_without_pixels_get_their_record_type(tmp_path: Path, complete: bool) -> None:
+    image = _instances()[0]
+    sr = FileSetInstance(
+        **{
+            **image.__dict__,
+            "sop_class_uid": "1.2.840.10008.5.1.4.1.1.88.11",
+            "sop_instance_uid": generate_uid(),
+            "modality": "SR",
+            "rows": None,
+            "attributes": _sr_json(complete),
+        }
+    )
+    plan = plan_file_set([image, sr])
+    path = tmp_path / "DICOMDIR"
+    path.write_bytes(plan.dicomdir)
+    kinds = [r.DirectoryRecordType for r in dcmread(path).DirectoryRecordSequence]
+    # without its Concept Name the SR cannot make an SR DOCUMENT record: listed as IMAGE
+    assert kinds[-2:] == ["IMAGE", "SR DOCUMENT" if complete else "IMAGE"]
+    if complete and shutil.which("dciodvfy"):
+        out = subprocess.run(
+            ["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True, timeout=60
+        )
+        errors = [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
+        assert not errors, out.stdout + out.stderr

@@ -10,10 +10,13 @@ letters, digits and ``_``; at most 8 components)::
 
 and a DICOMDIR (PS3.10 §8.6; Basic Directory IOD, PS3.3 §F.3, Media Storage Directory
 Storage SOP Class 1.2.840.10008.1.3.10, Explicit VR Little Endian) with one PATIENT, STUDY,
-SERIES and IMAGE record (PS3.3 §F.5.1, F.5.2, F.5.3, F.5.18) per entity. The records are built
-from the index rows only (no file reads) and the record offsets (PS3.3 §F.3.2.1: byte offsets
-from the first byte of the file's preamble to the item tag of the record) are fixed in a
-second encoding pass: the Offset fields are UL, so setting them never moves a record.
+SERIES and IMAGE record (PS3.3 §F.5.1, F.5.2, F.5.3, F.5.18) per entity; objects without pixel
+data get the record type of their IOD instead (SR DOCUMENT, KEY OBJECT DOC, PRESENTATION,
+ENCAP DOC, RT ..., PS3.3 Table F.4-1) with its keys from the stored DICOM JSON. The records
+are built from the index rows and stored JSON only (no file reads) and the record offsets
+(PS3.3 §F.3.2.1: byte offsets from the first byte of the file's preamble to the item tag of
+the record) are fixed in a second encoding pass: the Offset fields are UL, so setting them
+never moves a record.
 
 Type 1 keys that the index does not hold are filled as DCMTK's ``dcmmkdir +I`` does
 ("invented"): Patient ID ``UNKNOWN``, Study Date/Time from the time the study was received,
@@ -25,6 +28,7 @@ study/series. Text that is not plain ASCII is written with Specific Character Se
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,6 +40,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pacsbox import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+log = logging.getLogger("pacsbox.dicomdir")
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 ROOT = "DICOM"
@@ -66,6 +72,10 @@ class FileSetInstance:
     #: the stored file (storage key), opaque here
     key: str = ""
     storage_format: str = "part10"
+    #: Rows from the index: None for objects without pixel data (SR, PR, KO, PDF, RT...)
+    rows: int | None = None
+    #: the stored DICOM JSON (instance.attributes), needed only when ``rows`` is None
+    attributes: str | None = None
 
 
 @dataclass
@@ -164,17 +174,49 @@ def plan_file_set(instances: Sequence[FileSetInstance], file_set_id: str = "") -
             names[id(senode)],
             f"IM{n:06d}",
         )
-        rec = _record("IMAGE", False)
+        rec = _leaf_record(inst, n)
         rec.ReferencedFileID = list(file_id)
         rec.ReferencedSOPClassUIDInFile = inst.sop_class_uid
         rec.ReferencedSOPInstanceUIDInFile = inst.sop_instance_uid
         rec.ReferencedTransferSyntaxUIDInFile = inst.transfer_syntax_uid
-        rec.InstanceNumber = _number(inst.instance_number, n)
         senode.children.append(_Node(rec))
         plan.files.append((inst, file_id))
 
     plan.dicomdir = encode_dicomdir(roots, file_set_id)
     return plan
+
+
+def _leaf_record(inst: FileSetInstance, position: int) -> Dataset:
+    """The fourth-level record (PS3.3 §F.4, Table F.4-1): IMAGE for objects with pixel data;
+    for the others the record type of their IOD (SR DOCUMENT, KEY OBJECT DOC, PRESENTATION,
+    ENCAP DOC, RT DOSE, ...) with its keys (PS3.3 §F.5) taken from the stored DICOM JSON by
+    pydicom's record definitions. An object whose JSON lacks a Type 1 key of its record type
+    falls back to an IMAGE record (logged)."""
+    if inst.rows is None and inst.attributes:
+        try:
+            from pydicom.fileset import DIRECTORY_RECORDERS, _four_level_record_type
+
+            ds = Dataset.from_json(inst.attributes)
+            ds.SOPClassUID = inst.sop_class_uid
+            kind = (
+                "ENCAP DOC"
+                if "MIMETypeOfEncapsulatedDocument" in ds
+                else _four_level_record_type(ds)
+            )
+            if kind != "IMAGE":
+                body = DIRECTORY_RECORDERS[kind](ds)
+                texts = [str(e.value) for e in body.iterall() if isinstance(e.value, str)]
+                rec = _record(kind, not _ascii(*texts))
+                for elem in body:
+                    rec.add(elem)
+                return rec
+        except Exception as exc:  # missing Type 1 key, unreadable JSON
+            log.warning(
+                "DICOMDIR: %s listed as IMAGE: %s", inst.sop_instance_uid, str(exc)[:200]
+            )
+    rec = _record("IMAGE", False)
+    rec.InstanceNumber = _number(inst.instance_number, position)
+    return rec
 
 
 def _flatten(nodes: list[_Node], out: list[_Node]) -> None:

@@ -1059,6 +1059,7 @@ def _export(ctx: Any, p: Principal, level: str, uid: str) -> StreamingResponse:
                 INSTANCE.c.instance_number,
                 INSTANCE.c.file_path.label("key"),
                 INSTANCE.c.storage_format,
+                INSTANCE.c.rows,
             )
             .join(SERIES, SERIES.c.id == INSTANCE.c.series_fk)
             .join(STUDY, STUDY.c.id == SERIES.c.study_fk)
@@ -1070,7 +1071,25 @@ def _export(ctx: Any, p: Principal, level: str, uid: str) -> StreamingResponse:
         ).all()
     if not rows:
         raise HTTPException(404, f"no {level} {uid}")
-    plan = plan_file_set([FileSetInstance(**r._mapping) for r in rows])
+    # objects without pixel data (SR, PR, KO, PDF...) need their stored JSON for the keys
+    # of their DICOMDIR record; images need only the index row
+    no_pixels = [r.sop_instance_uid for r in rows if r.rows is None]
+    attributes: dict[str, str] = {}
+    with ctx.archive.engine.connect() as conn:
+        for i in range(0, len(no_pixels), 500):
+            attributes.update(
+                conn.execute(
+                    select(INSTANCE.c.sop_instance_uid, INSTANCE.c.attributes).where(
+                        INSTANCE.c.sop_instance_uid.in_(no_pixels[i : i + 500])
+                    )
+                ).all()
+            )
+    plan = plan_file_set(
+        [
+            FileSetInstance(**r._mapping, attributes=attributes.get(r.sop_instance_uid))
+            for r in rows
+        ]
+    )
     files = [(inst, "/".join(file_id)) for inst, file_id in plan.files]
     ctx.audit.record(
         "export",
