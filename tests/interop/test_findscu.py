@@ -36,6 +36,9 @@ PATIENT_STUDY_ONLY = "1.2.840.10008.5.1.4.1.2.3.1"
 S_SMITH, S_MULLER, S_WEBER, S_SQL, S_BULK = (generate_uid() for _ in range(5))
 ALL = {S_SMITH, S_MULLER, S_WEBER, S_SQL, S_BULK}
 BULK = 250  #: instances of one study, enough for a C-CANCEL to arrive mid-stream
+#: The same on the server databases: 120 was sometimes answered in full before the C-CANCEL
+#: was read under load (the responses are tiny), so the margin is larger.
+DB_BULK = 400
 SE_SMITH_MR = generate_uid()
 
 
@@ -472,7 +475,7 @@ def test_streaming_and_cancel_on_server_databases(db_url, make_server, tmp_path)
     folder = tmp_path / "files"
     folder.mkdir()
     study, series, paths = generate_uid(), generate_uid(), []
-    for i in range(120):
+    for i in range(DB_BULK):
         ds = make_ct(study, series, patient_id="DBP", patient_name="Dé^Bé", rows=2, cols=2)
         paths.append(folder / f"{i}.dcm")
         ds.save_as(paths[-1], enforce_file_format=True)
@@ -481,7 +484,7 @@ def test_streaming_and_cancel_on_server_databases(db_url, make_server, tmp_path)
         srv, tmp_path, "QueryRetrieveLevel=IMAGE", "SOPInstanceUID", extra=("--cancel", "1")
     )
     assert "Cancel: MatchingTerminatedDueToCancelRequest" in text, text[-800:]
-    assert 1 <= len(rsps) < 120
+    assert 1 <= len(rsps) < DB_BULK
     rsps, _ = findscu(
         srv,
         tmp_path,
@@ -490,5 +493,5 @@ def test_streaming_and_cancel_on_server_databases(db_url, make_server, tmp_path)
         "PatientName=dé*",
         "NumberOfStudyRelatedInstances",
     )
-    assert len(rsps) == 1 and rsps[0].NumberOfStudyRelatedInstances == 120
+    assert len(rsps) == 1 and rsps[0].NumberOfStudyRelatedInstances == DB_BULK
     assert str(rsps[0].PatientName) == "Dé^Bé"
