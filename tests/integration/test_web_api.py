@@ -222,6 +222,10 @@ def test_study_zip_export(sqlite_client: TestClient, sqlite_archive, tmp_path: P
     sqlite_client.delete(f"/api/studies/{study}", headers=basic(*ADMIN))
     report = import_paths(sqlite_archive.ingest, [out])
     assert (report.stored, report.failed) == (4, [])
+    stores = sqlite_client.get("/api/audit", params={"action": "store"}, headers=basic(*ADMIN))
+    imported = [e for e in stores.json() if e["detail"].startswith("import:")]
+    assert [(e["study_uid"], e["username"][:4]) for e in imported] == [(study, "CLI:")]
+    assert imported[0]["detail"].startswith("import: 4 instance(s) (4 new")
     series_uid = res["results"][0]["series_instance_uid"]
     r = sqlite_client.get(f"/api/series/{series_uid}/archive", headers=basic(*ADMIN))
     assert len(zipfile.ZipFile(io.BytesIO(r.content)).namelist()) == 3

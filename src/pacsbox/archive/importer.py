@@ -8,6 +8,7 @@ not fatal). ``link`` indexes files where they are instead of copying them.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
+from pacsbox.archive.audit import StoreBatch
 from pacsbox.archive.ingest import Ingest, IngestRefused
 
 
@@ -102,10 +104,37 @@ def import_paths(
     progress: Callable[[Path, str], None] | None = None,
 ) -> ImportReport:
     report = ImportReport()
+    # audited like any ingest: one ``store`` event per study, written at the end
+    audit = getattr(ingest, "audit", None)
+    batch = StoreBatch(audit, f"CLI:{_os_user()}", "local", "import")
+    try:
+        _import_into(ingest, paths, report, batch, link, errors_to, progress)
+    finally:
+        batch.flush()
+    return report
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def _import_into(
+    ingest: Ingest,
+    paths: list[Path],
+    report: ImportReport,
+    batch: StoreBatch,
+    link: bool,
+    errors_to: Path | None,
+    progress: Callable[[Path, str], None] | None,
+) -> None:
     for path in collect(paths):
         try:
             result = ingest.store_file(path, source_ae="IMPORT", link=link)
         except IngestRefused as exc:
+            batch.failed("", f"{path.name}: {exc.message}")
             report.failed.append((str(path), exc.message))
             if errors_to is not None:
                 _copy_failed(path, errors_to)
@@ -118,6 +147,7 @@ def import_paths(
                 progress(path, "failed")
             continue
         report.bytes += result.size
+        batch.stored(result.study_instance_uid, result.outcome, result.size)
         if result.outcome == "replaced":
             report.replaced += 1
         elif result.outcome == "kept":
@@ -126,7 +156,6 @@ def import_paths(
             report.stored += 1
         if progress:
             progress(path, result.outcome)
-    return report
 
 
 def _copy_failed(path: Path, errors_to: Path) -> None:
