@@ -7,8 +7,9 @@ admin's ``GET /api/audit``). Who writes what:
 
 - ``store``: the ingest callers through a :class:`StoreBatch` (``Ingest.audit`` is the hook):
   one event per study per C-STORE association (lean acceptor and pynetdicom path, written when
-  the association ends), per STOW-RS request and per REST upload, with the counts; refusals as
-  one ``failure`` event per study. Never one row per instance (C-STORE runs at hundreds/s).
+  the association ends), per STOW-RS request, REST upload and ``pacsbox import`` run, with the
+  counts; refusals as one ``failure`` event per study. Never one row per instance (C-STORE
+  runs at hundreds/s).
 - ``delete``: ``ArchiveDeletion`` after each committed deletion.
 - ``export`` (C-MOVE, with the destination) / ``read`` (C-GET): the retrieve SCP, one event per
   study of the request; WADO-RS/WADO-URI/rendered reads: once per user, client and study in a
