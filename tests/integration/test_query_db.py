@@ -255,3 +255,32 @@ def test_migration_0002_backfills_the_name_search_column(archive) -> None:
         ).scalar_one()
     assert value == "ÅNGSTRÖM^ANDERS"
     assert _studies(_run(archive, PatientName="ångström*")) != set()
+
+
+def test_count_equals_the_rows_run_yields(archive) -> None:
+    """QueryEngine.count (QIDO-RS X-Total-Count) agrees with run() — including the fast path
+    for a lone "has a descendant matching" condition (distinct parent keys of the lower level,
+    e.g. STUDY1 has two CT instances in one series and an MR series: counted once)."""
+    _populate(archive)
+    engine = QueryEngine(archive.engine)
+    cases = [
+        (Level.STUDY, {"ModalitiesInStudy": "MR"}),  # lone semi-join: fast path
+        (Level.STUDY, {"ModalitiesInStudy": "CT\\US"}),
+        (Level.STUDY, {"Modality": "CT"}),  # relational, lone semi-join: fast path
+        (Level.STUDY, {"SOPInstanceUID": "*"}),  # relational on IMAGE level
+        (Level.PATIENT, {"Modality": "MR"}),  # patient level, relational
+        (Level.STUDY, {"ModalitiesInStudy": "MR", "PatientName": "smith*"}),  # mixed: general
+        (Level.STUDY, {"ModalitiesInStudy": "MR", "Modality": "MR"}),  # two semi-joins
+        (Level.STUDY, {"ModalitiesInStudy": "XA"}),  # nothing
+        (Level.STUDY, {}),
+        (Level.SERIES, {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.4"}),
+    ]
+    for level, keys in cases:
+        query = Query(level, [match_for(k, v) for k, v in keys.items()], model=Model.PATIENT_ROOT)
+        rows = engine.run(query)
+        try:
+            expected = sum(1 for _ in rows)
+        finally:
+            rows.close()  # type: ignore[attr-defined]
+        assert engine.count(query) == expected, (level, keys)
+    assert engine.count(Query(Level.STUDY, [match_for("ModalitiesInStudy", "MR")])) == 2

@@ -38,7 +38,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from sqlalchemy import ColumnElement, Engine, Select, and_, func, literal, or_, select, text
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Select,
+    and_,
+    distinct,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+)
 
 from pacsbox.archive.index.writer import INSTANCE, PATIENT, SERIES, STUDY, search_name
 
@@ -705,6 +716,41 @@ class QueryEngine:
     # -- statement ------------------------------------------------------------------------
     def statement(self, query: Query) -> tuple[Select, list[str], list[KeyMatch]]:
         """(SELECT, column labels, keys matched in Python) for a validated query."""
+        frm, plain, semis, python_keys = self._conditions(query)
+        level = query.level
+        where = plain + [c.as_exists() if plain or i else c.as_in() for i, c in enumerate(semis)]
+
+        labels: list[str] = []
+        cols: list[Any] = []
+        wanted = query.return_keywords()
+        json_wanted = []
+        for kw in wanted:
+            attr = CATALOGUE.get(kw)
+            if attr is None:
+                jlevel = _JSON_LEVEL.get(kw)
+                if level == Level.IMAGE or (jlevel is not None and jlevel <= level):
+                    json_wanted.append(kw)
+                continue
+            if attr.level > level and not (
+                level is Level.PATIENT and attr.keyword in _PATIENT_FROM_STUDY
+            ):
+                continue  # a lower-level attribute has no single value here: returned empty
+            col = self._return_column(attr, level)
+            if col is None:
+                continue
+            labels.append(kw)
+            cols.append(col.label(f"c{len(cols)}"))
+        if json_wanted or python_keys:
+            labels.append("__json__")
+            cols.append(self._json_column(level).label(f"c{len(cols)}"))
+        stmt = select(*cols).select_from(frm)
+        if where:
+            stmt = stmt.where(and_(*where))
+        return stmt, labels, python_keys
+
+    def _conditions(self, query: Query) -> tuple[Any, list[Any], list[_Semi], list[KeyMatch]]:
+        """(FROM, plain conditions, semi-joins, keys matched in Python) of a validated
+        query."""
         query.validate()
         comp = _Compiler(self.dialect, query)
         level = query.level
@@ -766,35 +812,7 @@ class QueryEngine:
             where.append(self._relational(level, below))
         plain = [c for c in where if not isinstance(c, _Semi)]
         semis = [c for c in where if isinstance(c, _Semi)]
-        where = plain + [c.as_exists() if plain or i else c.as_in() for i, c in enumerate(semis)]
-
-        labels: list[str] = []
-        cols: list[Any] = []
-        wanted = query.return_keywords()
-        json_wanted = []
-        for kw in wanted:
-            attr = CATALOGUE.get(kw)
-            if attr is None:
-                jlevel = _JSON_LEVEL.get(kw)
-                if level == Level.IMAGE or (jlevel is not None and jlevel <= level):
-                    json_wanted.append(kw)
-                continue
-            if attr.level > level and not (
-                level is Level.PATIENT and attr.keyword in _PATIENT_FROM_STUDY
-            ):
-                continue  # a lower-level attribute has no single value here: returned empty
-            col = self._return_column(attr, level)
-            if col is None:
-                continue
-            labels.append(kw)
-            cols.append(col.label(f"c{len(cols)}"))
-        if json_wanted or python_keys:
-            labels.append("__json__")
-            cols.append(self._json_column(level).label(f"c{len(cols)}"))
-        stmt = select(*cols).select_from(frm)
-        if where:
-            stmt = stmt.where(and_(*where))
-        return stmt, labels, python_keys
+        return frm, plain, semis, python_keys
 
     def _return_column(self, attr: Attribute, level: Level) -> Any:
         if attr.keyword == "SOPClassesInStudy":
@@ -954,14 +972,25 @@ class QueryEngine:
             pn_case_insensitive=query.pn_case_insensitive,
             combined_datetime=query.combined_datetime,
         )
-        stmt, _labels, python_keys = self.statement(bare)
+        _frm, plain, semis, python_keys = self._conditions(bare)
         if python_keys:
             rows = self.run(bare)
             try:
                 return sum(1 for _ in rows)
             finally:
                 rows.close()  # type: ignore[attr-defined]
-        counted = select(func.count()).select_from(stmt.with_only_columns(literal(1)).subquery())
+        if not plain and len(semis) == 1:
+            # The only condition is "has a descendant matching …" (e.g. ModalitiesInStudy=MR):
+            # the answer is the number of distinct parent keys in the lower level's index
+            # (every parent row exists: the foreign keys are NOT NULL and ingest/deletion keep
+            # the hierarchy whole) — no walk over the parents and their joins.
+            sub = semis[0].sub.subquery()
+            counted = select(func.count(distinct(sub.c[0])))
+        else:
+            stmt, _labels, _python = self.statement(bare)
+            counted = select(func.count()).select_from(
+                stmt.with_only_columns(literal(1)).subquery()
+            )
         with self.engine.connect() as conn:
             return int(conn.execute(counted).scalar_one())
 
