@@ -346,3 +346,28 @@ def test_settings_masked_health_metrics_openapi(
     shutil.rmtree(sqlite_archive.store.root)
     r = sqlite_client.get("/health")
     assert r.status_code == 503 and r.json()["checks"]["storage"].startswith("error")
+
+
+def test_patients_search_get_delete(client: TestClient, tmp_path: Path) -> None:
+    a1 = write_study(tmp_path / "a1", 1, 2, patient_name="Smith^Anna", patient_id="P1")
+    a2 = write_study(tmp_path / "a2", 2, 1, patient_name="Smith^Anna", patient_id="P1")
+    b = write_study(tmp_path / "b", 1, 1, patient_name="Jones^Bob", patient_id="P2")
+    assert upload(client, a1 + a2 + b)["stored"] == 5
+    h = basic(*TECH)
+    rows = client.get("/api/patients", params={"PatientName": "SMITH*"}, headers=h).json()
+    assert [r["PatientID"] for r in rows] == ["P1"]
+    assert rows[0]["NumberOfPatientRelatedStudies"] == 2
+    assert rows[0]["NumberOfPatientRelatedInstances"] == 4
+    assert len(client.get("/api/patients", headers=h).json()) == 2
+    assert client.get("/api/patients", params={"Bogus": "x"}, headers=h).status_code == 400
+    got = client.get("/api/patients/P1", headers=h).json()
+    assert got["patients"][0]["num_studies"] == 2 and len(got["studies"]) == 2
+    assert client.get("/api/patients/NOPE", headers=h).status_code == 404
+    assert client.get("/api/patients/" + "x" * 65, headers=h).status_code == 400
+    assert client.delete("/api/patients/P1", headers=h).status_code == 403  # no `delete`
+    r = client.delete("/api/patients/P1", headers=basic(*ADMIN))
+    assert r.status_code == 200, r.text
+    assert r.json()["studies"] == 2 and r.json()["instances"] == 4
+    assert client.get("/api/patients/P1", headers=h).status_code == 404
+    assert [r["PatientID"] for r in client.get("/api/patients", headers=h).json()] == ["P2"]
+    assert client.delete("/api/patients/P1", headers=basic(*ADMIN)).status_code == 404

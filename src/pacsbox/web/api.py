@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from starlette.concurrency import run_in_threadpool
 
 from pacsbox.archive.audit import StoreBatch
@@ -956,6 +956,138 @@ def _deleted(ctx: Any, p: Principal, level: str, uid: str) -> dict[str, Any]:
         "instances": result.instances,
         "series": result.series,
         "bytes": result.bytes,
+    }
+
+
+_PATIENT_KEYS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex")
+_PATIENT_RETURN = (
+    *_PATIENT_KEYS,
+    "NumberOfPatientRelatedStudies",
+    "NumberOfPatientRelatedSeries",
+    "NumberOfPatientRelatedInstances",
+)
+
+
+def _patient_id(value: str) -> str:
+    """Patient ID (LO, PS3.5 §6.2): at most 64 characters, no backslash or control
+    characters."""
+    if not value or len(value) > 64 or "\\" in value or any(ord(c) < 32 for c in value):
+        raise HTTPException(400, "Patient ID must be 1-64 characters without \\ or controls")
+    return value
+
+
+@router.get("/patients", tags=["archive"], summary="Search patients (the query engine)")
+def search_patients(
+    request: Request,
+    _p: Annotated[Principal, Depends(require("view"))],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> list[dict[str, Any]]:
+    """Patient-level C-FIND matching (PS3.4 §C.2.2.2, Patient Root): ``PatientName=DOE*``,
+    ``PatientID=...``, ``PatientBirthDate=19700101-19791231``, ``PatientSex=F``."""
+    from pacsbox.archive.query import Level, Model, QueryEngine, QueryError, match_for
+    from pacsbox.archive.query import Query as DicomQuery
+
+    ctx = context(request)
+    keys = []
+    for key, value in request.query_params.multi_items():
+        if key in ("limit", "offset"):
+            continue
+        if key not in _PATIENT_KEYS:
+            raise HTTPException(
+                400, f"unknown search key {key[:64]!r}; use one of " + ", ".join(_PATIENT_KEYS)
+            )
+        try:
+            keys.append(match_for(key, value))
+        except QueryError as exc:
+            raise HTTPException(400, str(exc)) from exc
+    query = DicomQuery(
+        level=Level.PATIENT,
+        model=Model.PATIENT_ROOT,
+        keys=keys,
+        include=[k for k in _PATIENT_RETURN if k not in {m.keyword for m in keys}],
+        pn_case_insensitive=ctx.settings.pn_case_insensitive,
+    )
+    try:
+        query.validate()
+        rows = QueryEngine(ctx.archive.engine).run(query)
+        try:
+            return [dict(row.values) for row in islice(rows, offset, offset + limit)]
+        finally:
+            rows.close()  # type: ignore[attr-defined]
+    except QueryError as exc:
+        raise HTTPException(400, str(exc)) from exc
+
+
+def _patient_studies(ctx: Any, patient_id: str, issuer: str | None) -> list[str]:
+    cond = PATIENT.c.patient_id == patient_id
+    if issuer is not None:
+        cond = and_(cond, PATIENT.c.issuer_of_patient_id == issuer)
+    with ctx.archive.engine.connect() as conn:
+        return [
+            r.study_instance_uid
+            for r in conn.execute(
+                select(STUDY.c.study_instance_uid)
+                .join(PATIENT, PATIENT.c.id == STUDY.c.patient_fk)
+                .where(cond)
+                .order_by(STUDY.c.study_date, STUDY.c.id)
+            )
+        ]
+
+
+@router.get("/patients/{patient_id}", tags=["archive"], summary="One patient and its studies")
+def get_patient(
+    patient_id: str,
+    request: Request,
+    p: Principal = Depends(require("view")),
+    issuer: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    """The patient rows with this Patient ID (one per Issuer of Patient ID, or only
+    ``issuer``) and the Study Instance UIDs of their studies."""
+    ctx = context(request)
+    pid = _patient_id(patient_id)
+    cond = PATIENT.c.patient_id == pid
+    if issuer is not None:
+        cond = and_(cond, PATIENT.c.issuer_of_patient_id == issuer)
+    rows = _rows(
+        ctx.archive.engine,
+        select(
+            PATIENT.c.patient_id,
+            PATIENT.c.issuer_of_patient_id,
+            PATIENT.c.patient_name,
+            PATIENT.c.patient_birth_date,
+            PATIENT.c.patient_sex,
+            PATIENT.c.num_studies,
+            PATIENT.c.num_series,
+            PATIENT.c.num_instances,
+        ).where(cond),
+    )
+    if not rows:
+        raise HTTPException(404, f"no patient {pid}")
+    _audit_read(ctx, p, f"patient details {pid}")
+    return {"patients": rows, "studies": _patient_studies(ctx, pid, issuer)}
+
+
+@router.delete("/patients/{patient_id}", tags=["archive"], summary="Delete a patient")
+def delete_patient(
+    patient_id: str,
+    request: Request,
+    p: Principal = Depends(require("delete")),
+    issuer: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    """Deletes every study of the patient (each audited); the emptied patient row goes too."""
+    ctx = context(request)
+    pid = _patient_id(patient_id)
+    studies = _patient_studies(ctx, pid, issuer)
+    if not studies:
+        raise HTTPException(404, f"no patient {pid}")
+    deleted = [_deleted(ctx, p, "study", uid) for uid in studies]
+    return {
+        "deleted": "patient",
+        "patient_id": pid,
+        "studies": len(deleted),
+        "instances": sum(d["instances"] for d in deleted),
+        "bytes": sum(d["bytes"] for d in deleted),
     }
 
 
