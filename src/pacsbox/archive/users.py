@@ -633,11 +633,12 @@ class LoginThrottling:
             failures = self._bump(key, now)
             if failures >= limit:
                 wait = min(self.max_lockout, 2 ** min(failures - limit, 30))
+                until = now + timedelta(seconds=wait)
+                if until.microsecond:  # MariaDB's DATETIME keeps whole seconds: never round
+                    until = until.replace(microsecond=0) + timedelta(seconds=1)  # a lock down
                 with self.engine.begin() as conn:
                     conn.execute(
-                        update(THROTTLE)
-                        .where(THROTTLE.c.key == key)
-                        .values(locked_until=now + timedelta(seconds=wait))
+                        update(THROTTLE).where(THROTTLE.c.key == key).values(locked_until=until)
                     )
                 longest = max(longest, wait)
         return longest
