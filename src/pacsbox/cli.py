@@ -681,6 +681,50 @@ InstanceOpt = Annotated[
 ]
 
 
+def _retrieve(
+    verb: str,
+    target: str,
+    dest: str | Path,
+    patient: list[str] | None,
+    study: list[str] | None,
+    series: list[str] | None,
+    instance: list[str] | None,
+    model: str,
+    calling: str | None,
+    as_json: bool,
+    config: Path | None,
+) -> None:
+    """The shared body of `move` and `get`: identifier, target, progress bar, report."""
+    from pacsbox.dicom.scu import QR_MODELS, SCUError
+    from pacsbox.dicom.scu import get as c_get
+    from pacsbox.dicom.scu import move as c_move
+
+    settings = _settings(config)
+    if model not in QR_MODELS:
+        err.print(f"[red]--model must be one of {', '.join(QR_MODELS)}[/red]")
+        raise typer.Exit(2)
+    identifier = _retrieve_identifier(patient, study, series, instance)
+    title, host, port = _target(target, config)
+    progress, step = _retrieve_progress(as_json)
+    scu = c_move if verb == "move" else c_get
+    try:
+        with progress:
+            report = scu(
+                host,
+                port,
+                title,
+                dest,  # type: ignore[arg-type]
+                identifier,
+                model=model,
+                calling=calling or settings.ae_title,
+                progress=step,
+            )
+    except (SCUError, ValueError, OSError) as exc:
+        err.print(f"[red]{verb} from {title}@{host}:{port} failed: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    _retrieve_result(report, as_json, f"{verb} {title} -> {dest}")
+
+
 @app.command()
 def move(
     target: Annotated[str, typer.Argument(help="Source: a registered AE title, or AE@HOST:PORT")],
@@ -695,32 +739,7 @@ def move(
     config: ConfigOpt = None,
 ) -> None:
     """C-MOVE a patient/study/series/instances from an AE to a destination AE (PS3.4 C.4.2)."""
-    from pacsbox.dicom.scu import QR_MODELS, SCUError
-    from pacsbox.dicom.scu import move as c_move
-
-    settings = _settings(config)
-    if model not in QR_MODELS:
-        err.print(f"[red]--model must be one of {', '.join(QR_MODELS)}[/red]")
-        raise typer.Exit(2)
-    identifier = _retrieve_identifier(patient, study, series, instance)
-    title, host, port = _target(target, config)
-    progress, step = _retrieve_progress(as_json)
-    try:
-        with progress:
-            report = c_move(
-                host,
-                port,
-                title,
-                to,
-                identifier,
-                model=model,
-                calling=calling or settings.ae_title,
-                progress=step,
-            )
-    except (SCUError, ValueError) as exc:
-        err.print(f"[red]move from {title}@{host}:{port} failed: {exc}[/red]")
-        raise typer.Exit(1) from exc
-    _retrieve_result(report, as_json, f"move {title} -> {to}")
+    _retrieve("move", target, to, patient, study, series, instance, model, calling, as_json, config)
 
 
 @app.command()
@@ -737,32 +756,9 @@ def get(
     config: ConfigOpt = None,
 ) -> None:
     """C-GET a patient/study/series/instances from an AE into FOLDER (PS3.4 C.4.3)."""
-    from pacsbox.dicom.scu import QR_MODELS, SCUError
-    from pacsbox.dicom.scu import get as c_get
-
-    settings = _settings(config)
-    if model not in QR_MODELS:
-        err.print(f"[red]--model must be one of {', '.join(QR_MODELS)}[/red]")
-        raise typer.Exit(2)
-    identifier = _retrieve_identifier(patient, study, series, instance)
-    title, host, port = _target(target, config)
-    progress, step = _retrieve_progress(as_json)
-    try:
-        with progress:
-            report = c_get(
-                host,
-                port,
-                title,
-                folder,
-                identifier,
-                model=model,
-                calling=calling or settings.ae_title,
-                progress=step,
-            )
-    except (SCUError, ValueError, OSError) as exc:
-        err.print(f"[red]get from {title}@{host}:{port} failed: {exc}[/red]")
-        raise typer.Exit(1) from exc
-    _retrieve_result(report, as_json, f"get {title} -> {folder}")
+    _retrieve(
+        "get", target, folder, patient, study, series, instance, model, calling, as_json, config
+    )
 
 
 def main() -> None:
