@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     # default) and the dedicated read-only WADO account.
     wado_url_credentials: bool = False
     wado_user: str | None = None
+    # Web UI (SPEC E4, E6): the institution/department name shown in the UI, and whether
+    # id/password URL parameters may log a HIS/RIS link in (insecure, off by default).
+    institution_name: str = Field("", max_length=128)
+    url_login_enabled: bool = False
     #: The config file these settings came from (load_settings) and the keys pinned by an
     #: environment variable or a command-line override, which the file cannot change
     #: (PATCH /api/settings, settings_runtime.py).
@@ -278,6 +282,9 @@ relational_queries = true      # C-FIND: keys of lower levels restrict results (
 wado_url_credentials = false
 # wado_user = "his-link"       # an account usable ONLY for /wado, read-only (create it with
 #                              # pacsbox user add his-link --role viewer)
+# Web UI: the institution or department name shown in the UI header and on the login page
+institution_name = ""
+url_login_enabled = false      # HIS/RIS links may log in with id=...&password=... (INSECURE)
 """
 
 
