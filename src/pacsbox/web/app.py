@@ -2,7 +2,8 @@
 :class:`~pacsbox.app.Archive`.
 
 - Every route is authenticated and authorised (SPEC R3) through :func:`pacsbox.web.auth.require`
-  — except ``/health``, the login page ``/login`` and the login action ``POST /api/login``.
+  — except ``/health``, the login action ``POST /api/login`` and the browser application's
+  static files (``/``, ``/ui/*``, ``/login`` redirects to ``/#/login``; pacsbox.web.ui).
   The OpenAPI document (``/api/openapi.json``) and its docs page (``/api/docs``) need a login
   too. Routers added later plug in the same way: DICOMweb (PS3.18) under ``/dicom-web``,
   WADO-URI (PS3.18 §9) under ``/wado``, each route with ``Depends(require("view"))``.
@@ -46,7 +47,7 @@ SECRET_PARAMS = frozenset(
     {"password", "passwd", "pw", "token", "access_token", "csrf_token", "key", "secret"}
 )
 #: routes reachable without credentials (SPEC R3)
-PUBLIC_ROUTES = frozenset({"/health", "/login", "/api/login"})
+PUBLIC_ROUTES = frozenset({"/health", "/login", "/api/login", "/", "/ui/{path:path}"})
 
 
 @dataclass
@@ -143,38 +144,6 @@ def _bad_path(path: str, raw: bytes) -> bool:
     return False
 
 
-LOGIN_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>pacsbox — log in</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font-family:sans-serif;max-width:22rem;margin:4rem auto}
-label,input,button{display:block;width:100%;margin:.4rem 0}
-</style></head><body><h1>pacsbox</h1>
-<form id="f">
-<label>User name <input name="username" autocomplete="username" required></label>
-<label>Password
-<input name="password" type="password" autocomplete="current-password" required></label>
-<button type="submit">Log in</button></form><p id="m" role="status"></p>
-<script>
-document.getElementById('f').onsubmit = async (e) => {
-  e.preventDefault();
-  const data = Object.fromEntries(new FormData(e.target));
-  const r = await fetch('/api/login', {method: 'POST',
-    headers: {'Content-Type': 'application/json'},
-    body: JSON.stringify(data), credentials: 'same-origin'});
-  const body = await r.json();
-  const m = document.getElementById('m');
-  if (!r.ok) { m.textContent = body.error.message; return; }
-  if (body.user.must_change_password) {
-    m.textContent = 'Logged in. Change the password now: POST /api/me/password';
-  } else {
-    location.href = '/api/docs';
-  }
-};
-</script></body></html>
-"""
-
-
 def create_app(archive: Any, settings: Settings | None = None) -> FastAPI:
     """The FastAPI application serving ``archive`` (an :class:`pacsbox.app.Archive`)."""
     settings = settings or archive.settings
@@ -227,6 +196,9 @@ def create_app(archive: Any, settings: Settings | None = None) -> FastAPI:
         return JSONResponse(error_body(500, "internal server error"), status_code=500)
 
     app.add_middleware(RequestLogMiddleware, metrics=metrics)
+    from pacsbox.web.ui import NoBasicPromptMiddleware
+
+    app.add_middleware(NoBasicPromptMiddleware)  # no browser password pop-up over the app
 
     # -- public routes --------------------------------------------------------------------
     @app.get("/health", tags=["system"], summary="Liveness: database and storage")
@@ -251,17 +223,6 @@ def create_app(archive: Any, settings: Settings | None = None) -> FastAPI:
         return JSONResponse(
             {"status": "ok" if ok else "error", "version": __version__, "checks": checks},
             status_code=200 if ok else 503,
-        )
-
-    @app.get("/login", response_class=HTMLResponse, tags=["auth"], summary="Login page")
-    def login_page() -> HTMLResponse:
-        return HTMLResponse(
-            LOGIN_PAGE,
-            headers={
-                "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
-                "style-src 'unsafe-inline'; frame-ancestors 'none'",
-                "X-Frame-Options": "DENY",
-            },
         )
 
     # -- authenticated system routes ------------------------------------------------------
@@ -297,6 +258,9 @@ def create_app(archive: Any, settings: Settings | None = None) -> FastAPI:
     from pacsbox.web.dicomweb import install as install_dicomweb
 
     install_dicomweb(app, settings)  # DICOMweb router under /dicom-web (+ CORS when set)
+    from pacsbox.web.ui import router as ui_router
+
+    app.include_router(ui_router)  # the browser application: /, /ui/*, /login -> /#/login
     return app
 
 
