@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     # id/password URL parameters may log a HIS/RIS link in (insecure, off by default).
     institution_name: str = Field("", max_length=128)
     url_login_enabled: bool = False
+    # HIS/RIS one-time-password login (SPEC E6, web/otp.py): how long a key from GET /api/otp
+    # lives, and whether RSA PKCS#1 v1.5 ciphertexts are accepted besides RSA-OAEP (SHA-256).
+    otp_ttl_seconds: int = Field(60, ge=5, le=3600)
+    otp_allow_pkcs1v15: bool = False
+    # Study share links (SPEC E7, archive/sharing.py): default validity and its origin.
+    share_default_days: int = Field(7, ge=1, le=3650)
+    share_validity_from: Literal["issue", "study_date"] = "issue"
     #: The config file these settings came from (load_settings) and the keys pinned by an
     #: environment variable or a command-line override, which the file cannot change
     #: (PATCH /api/settings, settings_runtime.py).
@@ -285,6 +292,12 @@ wado_url_credentials = false
 # Web UI: the institution or department name shown in the UI header and on the login page
 institution_name = ""
 url_login_enabled = false      # HIS/RIS links may log in with id=...&password=... (INSECURE)
+# HIS/RIS one-time-password login (GET /api/otp, POST /api/otp/login)
+otp_ttl_seconds = 60           # s a one-time key may be used
+otp_allow_pkcs1v15 = false     # also accept RSA PKCS#1 v1.5 ciphertexts (legacy clients)
+# Study share links: validity when the creator gives none, counted from "issue" or "study_date"
+share_default_days = 7
+share_validity_from = "issue"
 """
 
 
