@@ -47,7 +47,11 @@ SECRET_PARAMS = frozenset(
     {"password", "passwd", "pw", "token", "access_token", "csrf_token", "key", "secret"}
 )
 #: routes reachable without credentials (SPEC R3)
-PUBLIC_ROUTES = frozenset({"/health", "/login", "/api/login", "/", "/ui/{path:path}"})
+PUBLIC_ROUTES = frozenset(
+    {"/health", "/login", "/api/login", "/", "/ui/{path:path}", "/api/ui-config"}
+)
+#: the OHIF viewer's static files (pacsbox.web.viewer): public, they hold no data
+PUBLIC_ROUTES = PUBLIC_ROUTES | frozenset({"/viewer/ohif", "/viewer/ohif/{path:path}"})
 
 
 @dataclass
@@ -250,11 +254,19 @@ def create_app(archive: Any, settings: Settings | None = None) -> FastAPI:
     from pacsbox.web.api import router as api_router
 
     app.include_router(api_router, prefix="/api")
+    from pacsbox.web.studylist import router as studylist_router
+
+    app.include_router(studylist_router, prefix="/api")  # study list, dashboard, forward
     from pacsbox.web.rendered import router as rendered_router
     from pacsbox.web.wado_uri import router as wado_router
 
     app.include_router(rendered_router, prefix="/dicom-web")  # WADO-RS rendered/thumbnail
     app.include_router(wado_router)  # WADO-URI at /wado (authenticates on its own)
+    from pacsbox.web.viewer import api_router as viewer_api_router
+    from pacsbox.web.viewer import router as viewer_router
+
+    app.include_router(viewer_api_router, prefix="/api")  # SR report, encapsulated document
+    app.include_router(viewer_router)  # OHIF static files under /viewer/ohif/ (public)
     from pacsbox.web.dicomweb import install as install_dicomweb
 
     install_dicomweb(app, settings)  # DICOMweb router under /dicom-web (+ CORS when set)
