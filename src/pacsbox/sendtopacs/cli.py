@@ -493,5 +493,184 @@ def devices_default(name: str) -> None:
     _save(settings)
 
 
+# -- service and monitor (SPEC S6, S7) ----------------------------------------------------------
+service_app = typer.Typer(
+    help="The background service: folder monitors + HTTP API + web UI on 127.0.0.1.",
+    invoke_without_command=True,
+)
+app.add_typer(service_app, name="service")
+monitor_app = typer.Typer(
+    help="Watched folders: run them in the foreground, or list/add/remove them.",
+    invoke_without_command=True,
+)
+app.add_typer(monitor_app, name="monitor")
+SettingsOpt = Annotated[
+    Path | None, typer.Option("--settings", help="Settings file (same as the global --config)")
+]
+
+
+def _use_settings(path: Path | None) -> None:
+    if path is not None:
+        state.config = path
+
+
+@service_app.callback()
+def service_run(
+    ctx: typer.Context,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default: settings, 8765)")] = None,
+    settings_file: SettingsOpt = None,
+    no_monitors: Annotated[bool, typer.Option("--no-monitors", help="API only")] = False,
+) -> None:
+    """Run the service in the foreground (stop it with Ctrl-C or SIGTERM)."""
+    _use_settings(settings_file)
+    if ctx.invoked_subcommand is not None:
+        return
+    from pacsbox.sendtopacs.service import AlreadyRunning, ServiceError, run
+
+    _settings()  # a clear message for a broken settings file
+    try:
+        code = run(state.config, port=port, monitors=not no_monitors)
+    except AlreadyRunning as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(3) from exc
+    except (ServiceError, SettingsError, OSError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_USAGE) from exc
+    raise typer.Exit(code)
+
+
+@service_app.command("set-credentials")
+def service_set_credentials(
+    username: str,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+) -> None:
+    """Require HTTP Basic for the API (a strong password: ≥ 12 characters, upper, lower,
+    digit, special); only its argon2 hash is stored."""
+    import sys
+
+    from pacsbox.sendtopacs.service import ServiceError, set_credentials
+
+    settings = _settings()
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        set_credentials(settings, username, password)
+    except ServiceError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_USAGE) from exc
+    _save(settings)
+
+
+@service_app.command("clear-credentials")
+def service_clear_credentials() -> None:
+    """Open the API again to every allowed address without a password."""
+    from pacsbox.sendtopacs.service import clear_credentials
+
+    settings = _settings()
+    clear_credentials(settings)
+    _save(settings)
+
+
+@monitor_app.callback()
+def monitor_run(ctx: typer.Context, settings_file: SettingsOpt = None) -> None:
+    """Run only the folder monitors in the foreground (no HTTP API)."""
+    _use_settings(settings_file)
+    if ctx.invoked_subcommand is not None:
+        return
+    from pacsbox.sendtopacs.service import AlreadyRunning, ServiceError, run_monitors
+
+    _settings()
+    try:
+        code = run_monitors(state.config)
+    except AlreadyRunning as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(3) from exc
+    except (ServiceError, SettingsError, OSError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_USAGE) from exc
+    raise typer.Exit(code)
+
+
+@monitor_app.command("list")
+def monitor_list(as_json: JsonOpt = False) -> None:
+    """List the watched folders."""
+    settings = _settings()
+    if as_json:
+        print(json.dumps(settings.monitors, indent=1))
+        return
+    if not settings.monitors:
+        console.print("no monitored folders (sendtopacs monitor add PATH --failed-dir DIR)")
+    for m in settings.monitors:
+        console.print(
+            f"{m.get('path')}: {m.get('mode', 'auto-forward')} via {m.get('method', 'events')}"
+            f" → {m.get('device') or 'default device'} failed={m.get('failed_dir', '')}"
+        )
+
+
+@monitor_app.command("add")
+def monitor_add(
+    path: Path,
+    mode: Annotated[str, typer.Option(help="auto-forward or add-to-list")] = "auto-forward",
+    method: Annotated[str, typer.Option(help="events or polling")] = "events",
+    poll_interval: Annotated[float, typer.Option(help="Seconds between scans")] = 60.0,
+    batch_size: Annotated[int, typer.Option(help="Files per scan")] = 100,
+    stable_seconds: Annotated[float, typer.Option(help="Unchanged this long = complete")] = 2.0,
+    device: Annotated[str, typer.Option("--to", help="Device (default: the default)")] = "",
+    retry_count: Annotated[int, typer.Option(help="Sending attempts in all")] = 3,
+    retry_interval: Annotated[float, typer.Option(help="Seconds between attempts")] = 60.0,
+    failed_dir: Annotated[Path | None, typer.Option(help="Failed files go here")] = None,
+    success_dir: Annotated[
+        Path | None, typer.Option(help="Move sent files here (default: delete them)")
+    ] = None,
+    no_recursive: Annotated[bool, typer.Option("--no-recursive")] = False,
+    patient_id: PatientId = "",
+    patient_name: PatientName = "",
+) -> None:
+    """Watch a folder."""
+    from pacsbox.sendtopacs.monitor import MonitorConfig
+
+    settings = _settings()
+    cfg = MonitorConfig(
+        path=str(path.resolve()),
+        recursive=not no_recursive,
+        mode=mode,
+        method=method,
+        poll_interval=poll_interval,
+        batch_size=batch_size,
+        stable_seconds=stable_seconds,
+        device=device,
+        retry_count=retry_count,
+        retry_interval=retry_interval,
+        failed_dir=str(failed_dir.resolve()) if failed_dir else "",
+        remove_sent=success_dir is None,
+        success_dir=str(success_dir.resolve()) if success_dir else "",
+        patient={
+            k: v for k, v in (("patient_id", patient_id), ("patient_name", patient_name)) if v
+        },
+    )
+    settings.monitors = [
+        m for m in settings.monitors if Path(m.get("path", "")).resolve() != path.resolve()
+    ] + [cfg.to_json()]
+    _save(settings)
+
+
+@monitor_app.command("remove")
+def monitor_remove(path: Path) -> None:
+    """Stop watching a folder."""
+    settings = _settings()
+    before = len(settings.monitors)
+    settings.monitors = [
+        m for m in settings.monitors if Path(m.get("path", "")).resolve() != path.resolve()
+    ]
+    if len(settings.monitors) == before:
+        err.print(f"[red]{path} is not monitored[/red]")
+        raise typer.Exit(EXIT_USAGE)
+    _save(settings)
+
+
 def main() -> None:
     app()

@@ -94,6 +94,10 @@ class Settings:
     additional_info_values: list[str] = field(default_factory=list)
     additional_info_default: str = ""
     devices: list[Device] = field(default_factory=list)
+    #: watched folders (SPEC S6), each a :class:`pacsbox.sendtopacs.monitor.MonitorConfig`
+    monitors: list[dict[str, Any]] = field(default_factory=list)
+    #: background service (SPEC S7), see :class:`pacsbox.sendtopacs.service.ServiceConfig`
+    service: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  #: sections this version ignores
     path: Path | None = None
 
@@ -192,6 +196,17 @@ class Settings:
         ):
             raise SettingsError("additional_info_default is not one of additional_info_values")
         self.convert_options()  # checks modality, charset, tag, encoding
+        if self.monitors or self.service:
+            from pacsbox.sendtopacs.monitor import parse_monitors
+            from pacsbox.sendtopacs.service import ServiceConfig
+
+            if not isinstance(self.monitors, list):
+                raise SettingsError("monitors must be a list of folders")
+            try:
+                parse_monitors(self.monitors, self)
+                ServiceConfig.from_json(self.service)
+            except ValueError as exc:
+                raise SettingsError(str(exc)) from exc
         return self
 
     # -- file ------------------------------------------------------------------------------
