@@ -160,6 +160,7 @@ class DicomService:
             registry,
             max_associations=settings.max_associations // max(1, workers) or 1,
             count_other=lambda: len(self.ae.active_associations),
+            find=self.find,
         )
 
     # -- event handlers -----------------------------------------------------------------

@@ -43,6 +43,8 @@ from pynetdicom.pdu_primitives import (
     ImplementationVersionNameNotification,
     MaximumLengthNotification,
     SCP_SCU_RoleSelectionNegotiation,
+    SOPClassCommonExtendedNegotiation,
+    SOPClassExtendedNegotiation,
 )
 from pynetdicom.presentation import negotiate_as_acceptor
 
@@ -50,7 +52,17 @@ from pacsbox import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacsbox.archive.audit import StoreBatch
 from pacsbox.archive.ingest import Ingest, IngestRefused
 from pacsbox.archive.registry import AERegistry
-from pacsbox.dicom.contexts import ACCEPTED_ABSTRACT_SYNTAXES, contexts_for_request
+from pacsbox.dicom.contexts import (
+    ACCEPTED_ABSTRACT_SYNTAXES,
+    QR_FIND_SOP_CLASSES,
+    contexts_for_request,
+)
+from pacsbox.dicom.find_responder import (
+    C_FIND_RQ,
+    LEAN_FIND_SYNTAXES,
+    LeanFind,
+    socket_has_data,
+)
 
 log = logging.getLogger("pacsbox.dicom")
 store_log = logging.getLogger("pacsbox.dicom.store")
@@ -125,7 +137,19 @@ def is_storage_only(rq_pdu: bytes) -> tuple[bool, A_ASSOCIATE | None]:
     return hit
 
 
+#: What the lean path serves: Storage, Verification and the Q/R FIND models.
+LEAN_ABSTRACT_SYNTAXES = ACCEPTED_ABSTRACT_SYNTAXES | frozenset(QR_FIND_SOP_CLASSES)
+_NOT_LEAN_ITEMS = (
+    SCP_SCU_RoleSelectionNegotiation,
+    SOPClassExtendedNegotiation,
+    SOPClassCommonExtendedNegotiation,
+)
+
+
 def _is_storage_only(rq_pdu: bytes) -> tuple[bool, A_ASSOCIATE | None]:
+    """Lean when every proposed context is Storage, Verification or a Q/R FIND model (FIND
+    only with Implicit/Explicit VR Little Endian proposed) and there is no role selection or
+    SOP class extended negotiation (relational-query negotiation goes to pynetdicom)."""
     try:
         pdu = A_ASSOCIATE_RQ()
         pdu.decode(rq_pdu)
@@ -135,9 +159,15 @@ def _is_storage_only(rq_pdu: bytes) -> tuple[bool, A_ASSOCIATE | None]:
     contexts = primitive.presentation_context_definition_list
     if not contexts:
         return False, primitive
-    if any(str(cx.abstract_syntax) not in ACCEPTED_ABSTRACT_SYNTAXES for cx in contexts):
-        return False, primitive
-    if any(isinstance(i, SCP_SCU_RoleSelectionNegotiation) for i in primitive.user_information):
+    for cx in contexts:
+        abstract = str(cx.abstract_syntax)
+        if abstract not in LEAN_ABSTRACT_SYNTAXES:
+            return False, primitive
+        if abstract in QR_FIND_SOP_CLASSES and not any(
+            str(ts) in LEAN_FIND_SYNTAXES for ts in cx.transfer_syntax
+        ):
+            return False, primitive
+    if any(isinstance(i, _NOT_LEAN_ITEMS) for i in primitive.user_information):
         return False, primitive
     return True, primitive
 
@@ -376,6 +406,11 @@ class StorageAssociation:
         settings = self.acceptor.settings
         rq_contexts = self.rq.presentation_context_definition_list
         ours = contexts_for_request(rq_contexts, settings.preferred_transfer_syntax)
+        if self.acceptor.find is None:
+            ours = [cx for cx in ours if str(cx.abstract_syntax) not in QR_FIND_SOP_CLASSES]
+        for cx in ours:  # FIND identifiers are decoded here in Little Endian only
+            if str(cx.abstract_syntax) in QR_FIND_SOP_CLASSES:
+                cx.transfer_syntax = [ts for ts in cx.transfer_syntax if ts in LEAN_FIND_SYNTAXES]
         results, _roles = negotiate_as_acceptor(rq_contexts, ours, None)
         contexts = {
             cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
@@ -548,7 +583,10 @@ class StorageAssociation:
         if field == C_CANCEL_RQ:  # nothing to cancel for storage (PS3.7 §9.3.2.3)
             msg.discard()
             return
-        if field != C_STORE_RQ:
+        if field == C_FIND_RQ and abstract in QR_FIND_SOP_CLASSES:
+            self._find(msg, cmd, message_id, ts)
+            return
+        if field != C_STORE_RQ or abstract in QR_FIND_SOP_CLASSES:
             msg.discard()
             raise ProtocolError(f"command {field:#06x} is not served on this association")
         sop_class = _ui(cmd.get(0x0002, b""))
@@ -565,6 +603,47 @@ class StorageAssociation:
             )
         )
 
+    # -- C-FIND (PS3.4 §C.4.1, on this lean path: dicom/find_responder.py) ---------------
+    def _find(self, msg: _Message, cmd: dict[int, bytes], message_id: int, ts: str) -> None:
+        if msg.spool is not None:
+            msg.discard()
+            raise ProtocolError("C-FIND identifier larger than any query needs")
+        identifier = b"".join(msg.chunks)
+        msg.discard()
+        sop_class = _ui(cmd.get(0x0002, b""))
+        find_scp = self.acceptor.find
+        if find_scp is None:
+            raise ProtocolError("C-FIND is not served by this acceptor")
+        LeanFind(find_scp, self._send, self._poll_cancel, self.peer_max_pdu).respond(
+            msg.context_id, ts, message_id, sop_class, identifier, self.calling
+        )
+
+    def _poll_cancel(self, message_id: int) -> bool:
+        """Between matches: True when a C-CANCEL-RQ for ``message_id`` has arrived (PS3.7
+        §9.3.2.3). Anything else from the peer while a C-FIND is outstanding is a protocol
+        error (no asynchronous operations are negotiated); an abort or close ends the
+        association."""
+        if not socket_has_data(self.sock):
+            return False
+        header = self._recv_exact(6)
+        length = struct.unpack(">I", header[2:6])[0]
+        if header[0] == 0x07:
+            raise PeerGone("aborted by peer during C-FIND")
+        if header[0] != 0x04 or length > 65536:
+            raise ProtocolError(f"PDU type {header[0]:#04x} while a C-FIND is outstanding")
+        body = self._recv_exact(length)
+        pos, command = 0, bytearray()
+        while pos + 6 <= length:
+            item_len = struct.unpack(">I", body[pos : pos + 4])[0]
+            if item_len < 2 or pos + 4 + item_len > length or not body[pos + 5] & 0x01:
+                raise ProtocolError("malformed PDV while a C-FIND is outstanding", 0x06)
+            command += body[pos + 6 : pos + 4 + item_len]
+            pos += 4 + item_len
+        cmd = parse_command(bytes(command))
+        if _us(cmd.get(0x0100, b"")) != C_CANCEL_RQ:
+            raise ProtocolError("a request arrived while a C-FIND is outstanding")
+        return _us(cmd.get(0x0120, b"")) == message_id
+
 
 class StorageAcceptor:
     """Shared state of the fast path in one worker: settings, ingest, registry, limits."""
@@ -576,8 +655,11 @@ class StorageAcceptor:
         registry: AERegistry,
         max_associations: int,
         count_other: Callable[[], int] = lambda: 0,
+        find: Any = None,
     ) -> None:
         self.settings = settings
+        #: the FindSCP whose ``answer`` serves C-FIND here (None: FIND contexts refused)
+        self.find = find
         self.ingest = ingest
         self.registry = registry
         self.max_associations = max_associations

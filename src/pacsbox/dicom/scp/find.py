@@ -292,10 +292,34 @@ class FindSCP:
 
     # -- C-FIND -------------------------------------------------------------------------
     def handle_find(self, event: Event) -> Iterator[tuple[Any, Any]]:
-        started = time.monotonic()
-        assoc = event.assoc
-        calling = assoc.requestor.ae_title.strip()
+        """pynetdicom's EVT_C_FIND handler (associations the lean acceptor does not serve)."""
         sop_class = str(event.request.AffectedSOPClassUID)
+        relational, combined = self._negotiated(event, sop_class)
+        yield from self.answer(
+            event.assoc.requestor.ae_title.strip(),
+            sop_class,
+            lambda: event.identifier,
+            relational=relational,
+            combined=combined,
+            is_cancelled=lambda: bool(event.is_cancelled),
+        )
+
+    def answer(
+        self,
+        calling: str,
+        sop_class: str,
+        identifier_of: Any,
+        *,
+        relational: bool,
+        combined: bool,
+        is_cancelled: Any,
+    ) -> Iterator[tuple[Any, Any]]:
+        """The C-FIND responses (PS3.4 §C.4.1.3.1) to one request, as (status, identifier)
+        pairs: pending ones with the matches, then exactly one final status. Shared by the
+        pynetdicom handler and the lean acceptor (``dicom/find_responder.py``).
+        ``identifier_of()`` returns the request identifier (it may raise when it cannot be
+        decoded); ``is_cancelled()`` says whether a C-CANCEL-RQ arrived (PS3.7 §9.3.2.3)."""
+        started = time.monotonic()
         try:
             entry = self.archive.registry.get(calling)
         except Exception as exc:
@@ -311,9 +335,8 @@ class FindSCP:
             yield _failure(0x0122, "SOP class not supported"), None
             return
         model = Model(model_name)
-        relational, combined = self._negotiated(event, sop_class)
         try:
-            identifier = event.identifier
+            identifier = identifier_of()
             query, requested = build_query(
                 identifier,
                 model,
@@ -336,13 +359,13 @@ class FindSCP:
         outcome = "stopped by the peer or the association"
         try:
             for row in rows:
-                if event.is_cancelled:
+                if is_cancelled():
                     outcome = "cancelled"
                     yield STATUS_CANCEL, None
                     return
                 yield STATUS_PENDING, self.response(query, requested, row, charset_rq)
                 count += 1
-            if event.is_cancelled:
+            if is_cancelled():
                 outcome = "cancelled"
                 yield STATUS_CANCEL, None
                 return
