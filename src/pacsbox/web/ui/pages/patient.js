@@ -1,0 +1,27 @@
+// A patient and its studies: GET /api/patients/{id} then the study list API for the rows.
+import {api} from '../api.js';
+import {fmtDate, fmtName, h, hashUrl} from '../dom.js';
+import {t} from '../i18n.js';
+import {table} from '../widgets.js';
+import {breadcrumbs, details} from './study.js';
+
+export async function render({el, params, navigate}) {
+  const id = params.get('id') || '';
+  const issuer = params.get('issuer') || '';
+  const info = await api(`/api/patients/${encodeURIComponent(id)}`, {query: issuer ? {issuer} : undefined});
+  const p = info.patients[0] || {};
+  el.append(breadcrumbs([fmtName(p.patient_name) || id]),
+    h('h1', {}, fmtName(p.patient_name) || id),
+    details([[t('col.patient_id'), p.patient_id], [t('key.issuer'), p.issuer_of_patient_id],
+      [t('col.birth_date'), fmtDate(p.patient_birth_date)], [t('col.sex'), p.patient_sex],
+      [t('patient.counts'), `${p.num_studies ?? ''} / ${p.num_series ?? ''} / ${p.num_instances ?? ''}`]]));
+  const studies = await Promise.all(info.studies.slice(0, 200).map((uid) => api(`/api/studies/${encodeURIComponent(uid)}`)));
+  studies.sort((a, b) => `${b.study_date}${b.study_time}`.localeCompare(`${a.study_date}${a.study_time}`));
+  el.append(h('h2', {}, t('patient.studies', {n: info.studies.length})), table([
+    {label: t('col.study_date'), value: (s) => fmtDate(s.study_date)},
+    {label: t('col.modalities'), value: (s) => (s.modalities_in_study || '').replaceAll('\\', ', ')},
+    {label: t('col.description'), value: (s) => s.study_description || ''},
+    {label: t('col.accession'), value: (s) => s.accession_number || ''},
+    {label: t('col.counts'), class: 'num', value: (s) => `${s.num_series} / ${s.num_instances}`},
+  ], studies, {onRow: (s) => navigate(hashUrl('study', {uid: s.study_instance_uid}))}));
+}

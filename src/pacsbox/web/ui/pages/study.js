@@ -1,0 +1,90 @@
+// One study: details, actions, series with thumbnails (WADO-RS thumbnail, PS3.18 §9.7),
+// and — for users with `share` — its share links (SPEC E7).
+import {api} from '../api.js';
+import {fmtBytes, fmtDate, fmtDateTime, fmtName, fmtTime, h, hashUrl} from '../dom.js';
+import {t} from '../i18n.js';
+import {errorBox, table, toast} from '../widgets.js';
+import {copyButton, shareLink, studyActions} from './actions.js';
+
+export function breadcrumbs(...items) {
+  return h('nav', {class: 'crumbs', 'aria-label': t('common.breadcrumbs')},
+    h('a', {href: '#/list'}, t('nav.list')), items.map(([label, href]) => [' › ', href ? h('a', {href}, label) : h('span', {}, label)]));
+}
+
+export function details(pairs) {
+  return h('dl', {class: 'details'}, pairs.filter(([, v]) => v !== undefined && v !== null && v !== '')
+    .map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+}
+
+export async function render({el, params, navigate, can}) {
+  const uid = params.get('uid') || '';
+  const enc = encodeURIComponent(uid);
+  const [study, series] = await Promise.all([api(`/api/studies/${enc}`), api(`/api/studies/${enc}/series`)]);
+  const patientHref = hashUrl('patient', {id: study.patient_id, issuer: study.issuer_of_patient_id || ''});
+  el.append(
+    breadcrumbs([fmtName(study.patient_name) || study.patient_id, patientHref], [study.study_description || t('study.title')]),
+    h('h1', {}, study.study_description || t('study.title')),
+    studyActions(study, {can, onDeleted: () => navigate('#/list')}),
+    details([
+      [t('col.patient_name'), h('a', {href: patientHref}, fmtName(study.patient_name))],
+      [t('col.patient_id'), study.patient_id],
+      [t('col.birth_date'), fmtDate(study.patient_birth_date)],
+      [t('col.sex'), study.patient_sex],
+      [t('col.study_date'), `${fmtDate(study.study_date)} ${fmtTime(study.study_time)}`],
+      [t('col.accession'), study.accession_number],
+      [t('key.studyid'), study.study_id],
+      [t('col.modalities'), (study.modalities_in_study || '').replaceAll('\\', ', ')],
+      [t('key.referringphysicianname'), fmtName(study.referring_physician_name)],
+      [t('key.institutionname'), study.institution_name],
+      [t('col.counts'), `${study.num_series} / ${study.num_instances}`],
+      [t('study.size'), fmtBytes(study.size_bytes)],
+      [t('col.source_ae'), study.source_ae],
+      [t('col.received'), fmtDateTime(study.received_at)],
+      [t('key.studyinstanceuid'), h('span', {class: 'mono'}, study.study_instance_uid)],
+    ]));
+  el.append(h('h2', {}, t('study.series', {n: series.length})),
+    h('ul', {class: 'series-grid'}, series.map((s) => {
+      const href = hashUrl('series', {study: uid, uid: s.series_instance_uid});
+      return h('li', {class: 'series-card'}, h('a', {href},
+        h('img', {src: `/dicom-web/studies/${enc}/series/${encodeURIComponent(s.series_instance_uid)}/thumbnail`,
+          alt: '', loading: 'lazy', width: 128, height: 128,
+          onerror: (e) => { e.target.classList.add('no-image'); e.target.removeAttribute('src'); }}),
+        h('span', {class: 'series-title'}, `${s.modality || ''} #${s.series_number ?? ''}`),
+        h('span', {class: 'muted'}, s.series_description || ''),
+        h('span', {class: 'muted small'}, t('series.images', {n: s.num_instances}))));
+    })));
+  if (can('share')) el.append(await sharesSection(uid));
+}
+
+async function sharesSection(uid) {
+  const box = h('section', {class: 'shares'}, h('h2', {}, t('share.list_title')));
+  let shares;
+  try {
+    shares = (await api('/api/shares')).filter((s) => s.study_instance_uid === uid);
+  } catch (err) {
+    box.append(errorBox(err));
+    return box;
+  }
+  box.append(sharesTable(shares, () => box.replaceWith(h('p', {class: 'muted'}, t('share.revoked')))));
+  return box;
+}
+
+export function sharesTable(shares, onRevoked) {
+  return table([
+    {label: t('share.link'), value: (s) => s.url || s.token ? h('span', {}, h('a', {href: shareLink(s), target: '_blank', rel: 'noopener'}, t('share.open')), ' ', copyButton(shareLink(s))) : ''},
+    {label: t('share.study'), value: (s) => s.study_instance_uid ? h('a', {href: hashUrl('study', {uid: s.study_instance_uid})}, fmtName(s.patient_name) || s.study_instance_uid) : ''},
+    {label: t('share.created_by'), value: (s) => s.created_by || ''},
+    {label: t('share.created_at'), value: (s) => fmtDateTime(s.created_at)},
+    {label: t('share.expires_at'), value: (s) => fmtDateTime(s.expires_at)},
+    {label: t('share.state'), value: (s) => s.revoked_at ? t('share.revoked') : (s.expires_at && new Date(`${s.expires_at}`.replace(/([^Z])$/, '$1')) < new Date() ? t('share.expired') : t('share.active'))},
+    {label: '', class: 'actions', value: (s) => s.revoked_at ? '' : h('button', {type: 'button', class: 'ghost danger small', onclick: async () => {
+      try {
+        await api(`/api/shares/${encodeURIComponent(s.id)}`, {method: 'DELETE'});
+        toast(t('share.revoked'), 'ok');
+        if (onRevoked) onRevoked(s);
+      } catch (err) {
+        toast(err.message, 'error');
+      }
+    }}, t('share.revoke'))},
+  ], shares, {empty: t('share.none')});
+}
