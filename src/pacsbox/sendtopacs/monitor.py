@@ -179,15 +179,27 @@ def parse_monitors(raw: Iterable[dict[str, Any]], settings: Settings | None = No
 
 def _tag_updater(patterns: list[dict[str, Any]]) -> Callable[[Any], None]:
     """A function applying the folder's tag update patterns to a data set (SPEC S3)."""
+    from pacsbox.sendtopacs import tagupdate
+
     try:
-        from pacsbox.sendtopacs import tagupdate  # type: ignore[attr-defined]
-    except ImportError as exc:  # pragma: no cover - the module ships with this package
-        raise MonitorError("tag update patterns need pacsbox.sendtopacs.tagupdate") from exc
-    try:
-        parsed = tagupdate.parse_patterns(patterns)
+        parsed = tagupdate.parse_updates(patterns)
     except (ValueError, TypeError) as exc:
         raise MonitorError(f"tag update patterns: {exc}") from exc
-    return lambda ds: tagupdate.apply_patterns(ds, parsed)
+
+    def apply(ds: Any) -> None:
+        tagupdate.apply_updates(ds, parsed)
+
+    return apply
+
+
+def worklist_devices(settings: Settings) -> list[Any]:
+    """The worklist devices of the settings (SPEC S2)."""
+    from pacsbox.sendtopacs.worklist import WorklistDevice
+
+    raw = getattr(settings, "worklist_devices", None)
+    if raw is None:
+        raw = settings.extra.get("worklist_devices", [])
+    return [d if isinstance(d, WorklistDevice) else WorklistDevice.from_dict(d) for d in raw]
 
 
 # -- journal -----------------------------------------------------------------------------------
@@ -891,23 +903,52 @@ class FolderMonitor:
             ) from exc
 
     def _patient_from_name(self, path: Path, base: PatientInfo) -> PatientInfo:
-        try:
-            from pacsbox.sendtopacs import naming, worklist  # type: ignore[attr-defined]
-        except ImportError as exc:  # pragma: no cover - shipped with the package
-            raise MonitorError(f"file-name patterns are not available: {exc}") from exc
-        params = naming.parse_filename(self.config.filename_pattern, path.name)
-        if params is None:
-            raise MonitorError(f"{path.name} does not match {self.config.filename_pattern!r}")
-        if not self.config.worklist_device:
-            info = naming.to_patient(params, base)
-            return info
-        device = worklist.find_device(self.settings, self.config.worklist_device)
-        matches = worklist.search(device, naming.to_query(params), calling=self.settings.ae_title)
-        if len(matches) != 1:
+        """File name → fields (:mod:`naming`); with a worklist device the fields are searched
+        and exactly one match maps (none or several fail the file, SPEC S2); without one the
+        parsed fields fill the patient data directly."""
+        from pacsbox.sendtopacs import naming
+
+        if self.config.worklist_device:
+            devices = worklist_devices(self.settings)
+            name = self.config.worklist_device.lower()
+            device = next((d for d in devices if d.name.lower() == name), None)
+            if device is None:
+                raise MonitorError(f"unknown worklist device {self.config.worklist_device!r}")
+            mapping = naming.auto_map(
+                [path], device, self.config.filename_pattern, calling=self.settings.ae_title
+            )[0]
+            if mapping.status != "mapped" or mapping.entry is None:
+                found = len(mapping.candidates)
+                raise MonitorError(
+                    f"{path.name}: {mapping.message or f'{found} worklist match(es)'} "
+                    "(exactly one is needed to map automatically)"
+                )
+            patient = mapping.entry.patient
+            if not patient.study_instance_uid and base.study_instance_uid:
+                patient.study_instance_uid = base.study_instance_uid
+            return patient
+        fields_ = naming.FilenamePattern(self.config.filename_pattern).match(path.name)
+        if fields_ is None:
             raise MonitorError(
-                f"{path.name}: {len(matches)} worklist matches for {params} (need exactly one)"
+                f"{path.name} does not match the file-name pattern "
+                f"{self.config.filename_pattern!r}"
             )
-        return worklist.to_patient(matches[0], base)
+        for key, attr in (
+            ("PatientID", "patient_id"),
+            ("BirthDate", "birth_date"),
+            ("AccessionNumber", "accession_number"),
+            ("StudyDate", "study_date"),
+            ("StudyInstanceUID", "study_instance_uid"),
+        ):
+            if fields_.get(key):
+                setattr(base, attr, fields_[key])
+        if fields_.get("PatientName"):
+            base.set_name(fields_["PatientName"])
+        if fields_.get("LastName"):
+            base.last_name = fields_["LastName"]
+        if fields_.get("FirstName"):
+            base.first_name = fields_["FirstName"]
+        return base
 
     # -- outcomes --------------------------------------------------------------------------
     def _attempt_failed(self, row: FileRow, reason: str) -> None:
