@@ -153,7 +153,7 @@ _TEXT_KINDS = frozenset({Kind.ID, Kind.CS, Kind.TEXT, Kind.PN})
 SORTS: dict[str, tuple[Any, ...]] = {
     "studydate": (ST.study_date, ST.study_time),
     "studytime": (ST.study_time,),
-    "patientname": (P.patient_name,),
+    "patientname": (P.patient_name_search,),  # upper-cased: case-insensitive order
     "patientid": (P.patient_id,),
     "patientbirthdate": (P.patient_birth_date,),
     "patientsex": (P.patient_sex,),
