@@ -52,6 +52,18 @@ PUBLIC_ROUTES = frozenset(
 )
 #: the OHIF viewer's static files (pacsbox.web.viewer): public, they hold no data
 PUBLIC_ROUTES = PUBLIC_ROUTES | frozenset({"/viewer/ohif", "/viewer/ohif/{path:path}"})
+#: one-time-password login (pacsbox.web.otp) and share links (pacsbox.web.share: the token in
+#: the path is the credential)
+PUBLIC_ROUTES = PUBLIC_ROUTES | frozenset(
+    {
+        "/api/otp",
+        "/api/otp/login",
+        "/share/{token}",
+        "/share/{token}/archive",
+        "/share/{token}/series/{series}/thumbnail",
+        "/share/{token}/series/{series}/instances/{sop}/rendered",
+    }
+)
 
 
 @dataclass
@@ -119,12 +131,20 @@ class RequestLogMiddleware:
             log.info(
                 "%s %s %d user=%s %.1fms",
                 scope.get("method", "-"),
-                path + _masked_query(query),
+                _masked_path(path) + _masked_query(query),
                 status,
                 user,
                 seconds * 1000,
             )
             self.metrics.observe(scope.get("method", "-"), template, status, seconds)
+
+
+def _masked_path(path: str) -> str:
+    """The path as logged: a share link's token (``/share/<token>/...``) becomes ``***``."""
+    if path.startswith("/share/"):
+        _, _, rest = path[len("/share/") :].partition("/")
+        return "/share/***" + (f"/{rest}" if rest else "")
+    return path
 
 
 def _route_template(scope: Scope, path: str) -> str:
@@ -267,6 +287,13 @@ def create_app(archive: Any, settings: Settings | None = None) -> FastAPI:
 
     app.include_router(viewer_api_router, prefix="/api")  # SR report, encapsulated document
     app.include_router(viewer_router)  # OHIF static files under /viewer/ohif/ (public)
+    from pacsbox.web.otp import router as otp_router
+    from pacsbox.web.share import api_router as share_api_router
+    from pacsbox.web.share import public_router as share_public_router
+
+    app.include_router(otp_router, prefix="/api")  # HIS/RIS one-time-password login (public)
+    app.include_router(share_api_router, prefix="/api")  # share links (privilege share)
+    app.include_router(share_public_router)  # /share/{token}: page, images, zip (public)
     from pacsbox.web.dicomweb import install as install_dicomweb
 
     install_dicomweb(app, settings)  # DICOMweb router under /dicom-web (+ CORS when set)
