@@ -37,7 +37,11 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 
 VERSION = "3.13.2"
-INTEGRITY = "sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA=="
+#: ``npm view @ohif/app@3.13.2 dist.integrity``
+INTEGRITY = (
+    "sha512-"
+    "WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA=="
+)
 TARBALL_URL = f"https://registry.npmjs.org/@ohif/app/-/app-{VERSION}.tgz"
 BASE = "/viewer/ohif/"
 STAMP_NAME = ".pacsbox-ohif.json"
@@ -265,12 +269,16 @@ def patch(staging: Path) -> dict[str, int]:
     if sw not in html:
         raise PatchError("index.html: service worker script tag not found")
     html = html.replace(sw, "")
-    for old in ('window.PUBLIC_URL="/"', 'src="/', 'href="/'):
+    for old, new in (
+        ('window.PUBLIC_URL="/"', f'window.PUBLIC_URL="{BASE}"'),
+        ('src="/', f'src="{BASE}'),
+        ('href="/', f'href="{BASE}'),
+    ):
         n = html.count(old)
         if not n:
             raise PatchError(f"index.html: {old!r} not found")
         counts["index"] += n
-        html = html.replace(old, old[:-1] + BASE)
+        html = html.replace(old, new)
     html = html.replace("<title>OHIF Viewer</title>", "<title>pacsbox viewer (OHIF)</title>")
     index.write_text(html, encoding="utf-8")
     for css in staging.glob("*.css"):
