@@ -19,6 +19,7 @@ from typing import Any
 
 from pacsbox.sendtopacs.convert import CHARACTER_SETS, ConvertOptions
 from pacsbox.sendtopacs.sopclasses import VIDEO_FORMATS, SopClassEntry, default_table
+from pacsbox.sendtopacs.worklist import WorklistConfigError, WorklistDevice
 
 
 class SettingsError(ValueError):
@@ -98,6 +99,14 @@ class Settings:
     monitors: list[dict[str, Any]] = field(default_factory=list)
     #: background service (SPEC S7), see :class:`pacsbox.sendtopacs.service.ServiceConfig`
     service: dict[str, Any] = field(default_factory=dict)
+    #: worklist sources (SPEC S2), see :class:`pacsbox.sendtopacs.worklist.WorklistDevice`
+    worklist_devices: list[WorklistDevice] = field(default_factory=list)
+    #: parse non-DICOM file names into worklist searches (sendtopacs/naming.py; "" = off)
+    filename_pattern: str = ""
+    #: DICOM inputs: "as-is" or "worklist" (replace full worklist info, sendtopacs/tagupdate.py)
+    dicom_mode: str = "as-is"
+    #: tag update patterns for DICOM inputs: {"tag", "value", "if_empty", "create"} each
+    tag_updates: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  #: sections this version ignores
     path: Path | None = None
 
@@ -138,6 +147,42 @@ class Settings:
         dev = self.device(name)
         for d in self.devices:
             d.default = d is dev
+
+    # -- worklist devices ------------------------------------------------------------------
+    def worklist_device(self, name: str | None = None) -> WorklistDevice:
+        """A worklist device by name (case-insensitive), or the default one when None."""
+        if name is None:
+            for wl in self.worklist_devices:
+                if wl.default:
+                    return wl
+            if len(self.worklist_devices) == 1:
+                return self.worklist_devices[0]
+            raise SettingsError("no default worklist device; name one (worklist-devices list)")
+        for wl in self.worklist_devices:
+            if wl.name.lower() == name.lower():
+                return wl
+        known = ", ".join(w.name for w in self.worklist_devices) or "none configured"
+        raise SettingsError(f"unknown worklist device {name!r} (worklist devices: {known})")
+
+    def add_worklist_device(self, device: WorklistDevice) -> None:
+        try:
+            device.validate()
+        except WorklistConfigError as exc:
+            raise SettingsError(str(exc)) from exc
+        if any(w.name.lower() == device.name.lower() for w in self.worklist_devices):
+            raise SettingsError(f"worklist device {device.name!r} exists already")
+        if device.default or not self.worklist_devices:
+            for w in self.worklist_devices:
+                w.default = False
+            device.default = True
+        self.worklist_devices.append(device)
+
+    def remove_worklist_device(self, name: str) -> WorklistDevice:
+        wl = self.worklist_device(name)
+        self.worklist_devices.remove(wl)
+        if wl.default and self.worklist_devices:
+            self.worklist_devices[0].default = True
+        return wl
 
     # -- conversion ------------------------------------------------------------------------
     def convert_options(self, device: Device | None = None, **overrides: Any) -> ConvertOptions:
@@ -196,6 +241,7 @@ class Settings:
         ):
             raise SettingsError("additional_info_default is not one of additional_info_values")
         self.convert_options()  # checks modality, charset, tag, encoding
+        self._validate_worklist()
         if self.monitors or self.service:
             from pacsbox.sendtopacs.monitor import parse_monitors
             from pacsbox.sendtopacs.service import ServiceConfig
@@ -209,6 +255,28 @@ class Settings:
                 raise SettingsError(str(exc)) from exc
         return self
 
+    def _validate_worklist(self) -> None:
+        from pacsbox.sendtopacs.naming import FilenamePattern, PatternError
+        from pacsbox.sendtopacs.tagupdate import TagUpdateError, parse_updates
+
+        try:
+            for wl in self.worklist_devices:
+                wl.validate()
+            if self.filename_pattern:
+                FilenamePattern(self.filename_pattern)
+            if not isinstance(self.tag_updates, list):
+                raise SettingsError("tag_updates must be a list")
+            parse_updates(self.tag_updates)
+        except (WorklistConfigError, PatternError, TagUpdateError) as exc:
+            raise SettingsError(str(exc)) from exc
+        names = [w.name.lower() for w in self.worklist_devices]
+        if len(set(names)) != len(names):
+            raise SettingsError("two worklist devices have the same name")
+        if sum(w.default for w in self.worklist_devices) > 1:
+            raise SettingsError("more than one default worklist device")
+        if self.dicom_mode not in ("as-is", "worklist"):
+            raise SettingsError(f"dicom_mode {self.dicom_mode!r}: as-is or worklist")
+
     # -- file ------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra)
@@ -218,7 +286,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "sop_classes":
                 value = [e.to_json() for e in value]
-            elif f.name == "devices":
+            elif f.name in ("devices", "worklist_devices"):
                 value = [d.as_dict() for d in value]
             out[f.name] = value
         return out
@@ -266,6 +334,8 @@ def load(path: Path | None = None) -> Settings:
             elif key == "devices":
                 dev_fields = {f.name for f in fields(Device)}
                 value = [Device(**{k: v for k, v in d.items() if k in dev_fields}) for d in value]
+            elif key == "worklist_devices":
+                value = [WorklistDevice.from_dict(d) for d in value]
             kwargs[key] = value
         settings = Settings(**kwargs)
     except (TypeError, ValueError, AttributeError) as exc:
