@@ -1050,6 +1050,8 @@ def create_app(state: ServiceState) -> Any:
 
 def run(settings_path: Path | None, port: int | None = None, monitors: bool = True) -> int:
     """``sendtopacs service``: lock, start the monitors and serve until SIGTERM / Ctrl-C."""
+    import signal
+
     import uvicorn
 
     state = ServiceState(settings_path, monitors=monitors)
@@ -1074,6 +1076,10 @@ def run(settings_path: Path | None, port: int | None = None, monitors: bool = Tr
             f"(pid {os.getpid()}, {len(state.settings.monitors)} monitored folder(s))",
             flush=True,
         )
+        # uvicorn re-raises the signal that stopped it once it has shut down; with a no-op
+        # handler that returns here, so the cleanup below (temp folder, lock) always runs
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: None)
         server.run()
         return 0
     finally:
