@@ -39,6 +39,8 @@ these paths as ``/share/***`` (web/app.py), never the token.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 import secrets
@@ -238,21 +240,33 @@ def _once(request: Request) -> _Once:
 NOT_FOUND_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="robots" content="noindex">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Link not available</title><style nonce="{nonce}">
-body{{background:#111;color:#ddd;font-family:system-ui,sans-serif;display:flex;
-align-items:center;justify-content:center;height:100vh;margin:0}}
-main{{max-width:28rem;padding:1rem}}h1{{font-size:1.3rem}}
-</style></head><body><main><h1>This link is not available</h1>
+<title>Link not available</title><style>{style}</style></head>
+<body><main><h1>This link is not available</h1>
 <p>The study link is unknown, has expired or was revoked. Ask the sender for a new link.</p>
 </main></body></html>
 """
 
 
-def _headers(nonce: str) -> dict[str, str]:
+_NOT_FOUND_STYLE = (
+    "body{background:#111;color:#ddd;font-family:system-ui,sans-serif;display:flex;"
+    "align-items:center;justify-content:center;height:100vh;margin:0}"
+    "main{max-width:28rem;padding:1rem}h1{font-size:1.3rem}"
+)
+#: one constant answer for every refused token (unknown, expired, revoked, study gone)
+NOT_FOUND_BODY = NOT_FOUND_PAGE.format(style=_NOT_FOUND_STYLE)
+_NOT_FOUND_STYLE_HASH = base64.b64encode(hashlib.sha256(_NOT_FOUND_STYLE.encode()).digest())
+
+
+def _headers(nonce: str | None, style_hash: bytes | None = None) -> dict[str, str]:
+    """Headers of the HTML pages: a CSP allowing only our inline script and style (by
+    ``nonce``, or the style by its hash on the constant 404 page), no referrer."""
+    if nonce:
+        script, style = f"'nonce-{nonce}'", f"'nonce-{nonce}'"
+    else:
+        script, style = "'none'", f"'sha256-{(style_hash or b'').decode()}'"
     return {
         "Content-Security-Policy": (
-            "default-src 'none'; img-src 'self'; "
-            f"script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+            f"default-src 'none'; img-src 'self'; script-src {script}; style-src {style}; "
             "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
         ),
         "Referrer-Policy": "no-referrer",
@@ -264,8 +278,7 @@ def _headers(nonce: str) -> dict[str, str]:
 
 
 def _not_found_page() -> HTMLResponse:
-    nonce = secrets.token_urlsafe(16)
-    return HTMLResponse(NOT_FOUND_PAGE.format(nonce=nonce), 404, headers=_headers(nonce))
+    return HTMLResponse(NOT_FOUND_BODY, 404, headers=_headers(None, _NOT_FOUND_STYLE_HASH))
 
 
 class _Refused(Exception):
