@@ -832,13 +832,15 @@ class FolderMonitor:
     def _prepare(self, row: FileRow, device: Any) -> None:
         """Convert or read one file; record its objects (state ``converted``)."""
         path = Path(row.path)
+        dicom = False
         try:
             if not path.exists():
                 self.journal.set_state(row.id, "gone", "the file disappeared before conversion")
                 row.state = "gone"
                 return
             target = self.objects_dir / str(row.id)
-            if _is_dicom_file(path) or self._parses_as_dicom(path):
+            dicom = _is_dicom_file(path) or self._parses_as_dicom(path)
+            if dicom:
                 if self._update is None:
                     ds = dcmread(path, stop_before_pixels=True)
                     uid = str(ds.get("SOPInstanceUID", ""))
@@ -869,9 +871,11 @@ class FolderMonitor:
             self.journal.record_objects(row.id, objects)
             row.state = "converted"
         except (ConvertError, PatientInfoError, MonitorError, InvalidDicomError) as exc:
-            self._fail(row, f"conversion failed: {exc}")
+            what = "not a valid DICOM file" if dicom else "conversion failed"
+            self._fail(row, f"{what}: {exc}")
         except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
-            self._fail(row, f"cannot read or convert: {type(exc).__name__}: {exc}")
+            what = "not a valid DICOM file" if dicom else "conversion failed"
+            self._fail(row, f"{what}: {type(exc).__name__}: {exc}")
 
     @staticmethod
     def _parses_as_dicom(path: Path) -> bool:
@@ -930,8 +934,7 @@ class FolderMonitor:
         fields_ = naming.FilenamePattern(self.config.filename_pattern).match(path.name)
         if fields_ is None:
             raise MonitorError(
-                f"{path.name} does not match the file-name pattern "
-                f"{self.config.filename_pattern!r}"
+                f"{path.name} does not match the file-name pattern {self.config.filename_pattern!r}"
             )
         for key, attr in (
             ("PatientID", "patient_id"),
