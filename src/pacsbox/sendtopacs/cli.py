@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from pacsbox.sendtopacs.cli_worklist import Objects, worklist_cmd, worklist_devices_app
 from pacsbox.sendtopacs.convert import Converter
 from pacsbox.sendtopacs.patient import PatientInfo, PatientInfoError
 from pacsbox.sendtopacs.settings import Device, Settings, SettingsError, load
@@ -109,6 +110,65 @@ VideoFormat = Annotated[
 Jpeg = Annotated[bool, typer.Option("--jpeg", help="PNG/BMP/GIF/TIFF as JPEG Baseline")]
 TiffSplit = Annotated[bool, typer.Option("--tiff-split", help="One object per TIFF page")]
 Info = Annotated[str, typer.Option("--info", help="Value for the additional-info tag")]
+# worklist / tag updates (sendtopacs/cli_worklist.py)
+WorklistOpt = Annotated[
+    str | None, typer.Option("--worklist", help="Worklist device giving the patient data")
+]
+SearchOpt = Annotated[
+    list[str] | None,
+    typer.Option("--search", help="Worklist search KEY=VALUE (repeat): patient_id, ..."),
+]
+FromFilenameOpt = Annotated[
+    str | None,
+    typer.Option("--from-filename", help="File-name pattern, e.g. '{PatientID}_{LastName}_*'"),
+]
+ReplaceWlOpt = Annotated[
+    bool,
+    typer.Option("--replace-worklist-info", help="DICOM inputs: patient/study from the worklist"),
+]
+TagUpdateOpt = Annotated[
+    list[str] | None, typer.Option("--tag-update", help="'Keyword=template' (repeat)")
+]
+IfEmptyOpt = Annotated[bool, typer.Option("--if-empty", help="Tag updates: only empty values")]
+CreateOpt = Annotated[bool, typer.Option("--create", help="Tag updates: create if missing")]
+
+
+def _objects(
+    settings: Settings,
+    device: Device | None,
+    patient_args: tuple[str, ...],
+    overrides: dict[str, object],
+    worklist: str | None,
+    search: list[str] | None,
+    from_filename: str | None,
+    replace: bool,
+    tag_update: list[str] | None,
+    if_empty: bool,
+    create: bool,
+    calling: str,
+) -> Objects:
+    """What convert / send make of each file (patient data typed in or from a worklist)."""
+
+    def make_converter(patient: PatientInfo, modality: str) -> Converter:
+        extra = dict(overrides)
+        if modality and not extra.get("modality"):
+            extra["modality"] = modality
+        return _converter(settings, device, patient, **extra)
+
+    return Objects(
+        settings,
+        make_patient=lambda: _patient(*patient_args),
+        make_converter=make_converter,
+        manual=any(patient_args),
+        worklist=worklist,
+        searches=search or [],
+        from_filename=from_filename,
+        replace=replace,
+        tag_updates=tag_update or [],
+        if_empty=if_empty,
+        create=create,
+        calling=calling,
+    )
 
 
 def _patient(
@@ -175,40 +235,58 @@ def convert(
     jpeg: Jpeg = False,
     tiff_split: TiffSplit = False,
     info: Info = "",
+    worklist: WorklistOpt = None,
+    search: SearchOpt = None,
+    from_filename: FromFilenameOpt = None,
+    tag_update: TagUpdateOpt = None,
+    if_empty: IfEmptyOpt = False,
+    create: CreateOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Convert images, PDFs and videos into DICOM files in OUT (one study per run)."""
+    """Convert images, PDFs and videos into DICOM files in OUT (one study per run, or per
+    worklist entry with --worklist / --from-filename)."""
     from pacsbox.sendtopacs.convert import ConvertError
 
     settings = _settings()
-    patient = _patient(
-        patient_id,
-        patient_name,
-        birth_date,
-        sex,
-        accession,
-        study_description,
-        study_date,
-        study_time,
-        referring_physician,
-        study_uid,
-    )
-    conv = _converter(
+    objects = _objects(
         settings,
         None,
-        patient,
-        modality=modality,
-        sop_class=sop_class,
-        video_format=video_format,
-        image_encoding="jpeg" if jpeg else None,
-        tiff_split=tiff_split or None,
-        additional_value=info,
+        (
+            patient_id,
+            patient_name,
+            birth_date,
+            sex,
+            accession,
+            study_description,
+            study_date,
+            study_time,
+            referring_physician,
+            study_uid,
+        ),
+        {
+            "modality": modality,
+            "sop_class": sop_class,
+            "video_format": video_format,
+            "image_encoding": "jpeg" if jpeg else None,
+            "tiff_split": tiff_split or None,
+            "additional_value": info,
+        },
+        worklist,
+        search,
+        from_filename,
+        False,
+        tag_update,
+        if_empty,
+        create,
+        settings.ae_title,
     )
+    files = _files(paths)
+    objects.plan(files, set(files))
     rows: list[dict[str, object]] = []
     failed = 0
-    for path in _files(paths):
+    for path in files:
         try:
-            for item in conv.convert(path):
+            for item in objects.make(path, False) or []:
                 target = item.save(out)
                 ds = item.dataset
                 rows.append(
@@ -218,14 +296,18 @@ def convert(
                         "output": str(target),
                         "sop_class": str(ds.SOPClassUID),
                         "transfer_syntax": str(ds.file_meta.TransferSyntaxUID),
+                        "study_instance_uid": str(ds.StudyInstanceUID),
+                        "patient_id": str(ds.PatientID),
                         "note": item.note,
                     }
                 )
-        except (ConvertError, OSError) as exc:
+        except (ConvertError, OSError, ValueError) as exc:
             failed += 1
             rows.append({"file": str(path), "ok": False, "error": str(exc)})
     if as_json:
-        print(json.dumps({"study_instance_uid": conv.study_uid, "files": rows}, indent=1))
+        studies = list(dict.fromkeys(str(r["study_instance_uid"]) for r in rows if r["ok"]))
+        study = studies[0] if studies else ""
+        print(json.dumps({"study_instance_uid": study, "files": rows}, indent=1))
     else:
         for row in rows:
             if row["ok"]:
@@ -278,9 +360,17 @@ def send(
     jpeg: Jpeg = False,
     tiff_split: TiffSplit = False,
     info: Info = "",
+    worklist: WorklistOpt = None,
+    search: SearchOpt = None,
+    from_filename: FromFilenameOpt = None,
+    replace_worklist_info: ReplaceWlOpt = False,
+    tag_update: TagUpdateOpt = None,
+    if_empty: IfEmptyOpt = False,
+    create: CreateOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """C-STORE files to a device: DICOM files as they are, others converted first."""
+    """C-STORE files to a device: DICOM files as they are (or re-mapped to a worklist entry /
+    changed by tag updates), others converted first."""
     from pacsbox.sendtopacs.convert import ConvertError
     from pacsbox.sendtopacs.send import ItemResult, SendItem, send_items
 
@@ -289,10 +379,11 @@ def send(
     files = _files(paths)
     items: list[SendItem] = []
     failures: list[ItemResult] = []
-    non_dicom = [p for p in files if not _is_dicom(p)]
-    conv = None
-    if non_dicom:
-        patient = _patient(
+    non_dicom = {p for p in files if not _is_dicom(p)}
+    objects = _objects(
+        settings,
+        device,
+        (
             patient_id,
             patient_name,
             birth_date,
@@ -303,25 +394,32 @@ def send(
             study_time,
             referring_physician,
             study_uid,
-        )
-        conv = _converter(
-            settings,
-            device,
-            patient,
-            modality=modality,
-            sop_class=sop_class,
-            video_format=video_format,
-            image_encoding="jpeg" if jpeg else None,
-            tiff_split=tiff_split or None,
-            additional_value=info,
-        )
+        ),
+        {
+            "modality": modality,
+            "sop_class": sop_class,
+            "video_format": video_format,
+            "image_encoding": "jpeg" if jpeg else None,
+            "tiff_split": tiff_split or None,
+            "additional_value": info,
+        },
+        worklist,
+        search,
+        from_filename,
+        replace_worklist_info,
+        tag_update,
+        if_empty,
+        create,
+        aet or settings.ae_title,
+    )
+    objects.plan(files, non_dicom)
     for path in files:
         try:
-            if conv is not None and path in non_dicom:
-                for item in conv.convert(path):
-                    items.append(SendItem.from_dataset(str(path), item.dataset))
-            else:
+            made = objects.make(path, path not in non_dicom)
+            if made is None:
                 items.append(SendItem.from_file(path))
+            else:
+                items.extend(SendItem.from_dataset(str(path), c.dataset) for c in made)
         except (ConvertError, OSError, ValueError) as exc:
             failures.append(ItemResult(str(path), "", False, None, f"not sent: {exc}"))
 
@@ -670,6 +768,10 @@ def monitor_remove(path: Path) -> None:
         err.print(f"[red]{path} is not monitored[/red]")
         raise typer.Exit(EXIT_USAGE)
     _save(settings)
+
+
+app.command("worklist")(worklist_cmd)
+app.add_typer(worklist_devices_app, name="worklist-devices")
 
 
 def main() -> None:

@@ -1,0 +1,393 @@
+"""sendtopacs worklist search against real peers (SPEC S2, issue 5 "How it must be shown").
+
+* DCMTK ``wlmscpfs`` (Modality Worklist SCP): the test writes the ``.wl`` files (pydicom) into
+  a temporary worklist folder ``<dir>/WLSCP/`` (with its ``lockfile``), runs
+  ``wlmscpfs -dfp <dir> <port>`` with ``TCP_NODELAY=1`` and searches by modality, scheduled
+  station AE, date (today / range), patient ID, patient name with wildcards and UTF-8 names.
+* pacsbox (``pacsbox serve``) and Orthanc as Q/R C-FIND SCPs: Study Root at STUDY level,
+  Patient Root at PATIENT and STUDY level, PATIENT_STUDY.
+* An HTTP JSON worklist (the test's own server, see tests/unit/test_sendtopacs_naming.py).
+* End to end through the ``sendtopacs`` command: a JPEG named by the file-name pattern is
+  auto-mapped to its unique worklist entry, converted and sent to DCMTK ``storescp``; the
+  object that arrives carries the worklist's patient, accession number and Study Instance UID.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from pacsbox.sendtopacs.worklist import (
+    WorklistDevice,
+    WorklistError,
+    WorklistQuery,
+    echo,
+    search,
+)
+from tests.helpers import dcmtk_env, free_port, run_dcmtk, write_study
+from tests.interop.test_orthanc_qr import ORTHANC_BIN, start_orthanc, stop_orthanc
+from tests.interop.test_sendtopacs import (
+    _listening,
+    _require,
+    add_device,
+    start_storescp,  # noqa: F401 - a fixture used by name below
+    stp,
+)
+from tests.unit.test_sendtopacs_naming import JsonWorklist
+
+pytestmark = pytest.mark.interop
+
+WLMSCPFS = Path("/usr/bin/wlmscpfs")
+TODAY = dt.date.today().strftime("%Y%m%d")
+TOMORROW = (dt.date.today() + dt.timedelta(days=1)).strftime("%Y%m%d")
+
+
+def wl_file(
+    path: Path,
+    pid: str,
+    name: str,
+    modality: str,
+    station: str,
+    date: str,
+    accession: str,
+    study_uid: str = "",
+) -> None:
+    """One worklist item (PS3.4 Table K.6-1 attributes) as a DICOM file for wlmscpfs."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.31"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.AccessionNumber = accession
+    ds.PatientName = name
+    ds.PatientID = pid
+    ds.PatientBirthDate = "19800101"
+    ds.PatientSex = "F"
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.ReferringPhysicianName = "Ref^Doc"
+    ds.RequestedProcedureID = f"RP{pid}"
+    ds.RequestedProcedureDescription = f"{modality} photo of {pid}"
+    sps = Dataset()
+    sps.Modality = modality
+    sps.ScheduledStationAETitle = station
+    sps.ScheduledProcedureStepStartDate = date
+    sps.ScheduledProcedureStepStartTime = "080000"
+    sps.ScheduledPerformingPhysicianName = "Perf^Doc"
+    sps.ScheduledProcedureStepDescription = "photo"
+    sps.ScheduledProcedureStepID = f"SPS{pid}"
+    sps.ScheduledStationName = station
+    ds.ScheduledProcedureStepSequence = [sps]
+    ds.save_as(path, enforce_file_format=True)
+
+
+@dataclass
+class WlmScp:
+    proc: subprocess.Popen[bytes]
+    port: int
+    folder: Path
+    log: Path
+    study_uid: str
+
+    def device(self, **kw: object) -> WorklistDevice:
+        return WorklistDevice("wl", "mwl", "WLSCP", "127.0.0.1", self.port, timeout=10, **kw)
+
+
+@pytest.fixture
+def wlmscp(tmp_path: Path) -> Iterator[WlmScp]:
+    _require(WLMSCPFS)
+    root = tmp_path / "worklists"
+    folder = root / "WLSCP"
+    folder.mkdir(parents=True)
+    (folder / "lockfile").write_bytes(b"")
+    study_uid = generate_uid()
+    wl_file(folder / "a.wl", "WL001", "Muster^Anna", "XC", "CAMERA1", TODAY, "ACC100", study_uid)
+    wl_file(folder / "b.wl", "WL002", "Muster^Bernd", "XC", "CAMERA2", TODAY, "ACC200")
+    wl_file(folder / "c.wl", "WL003", "Other^Carl", "ES", "ENDO1", TOMORROW, "ACC300")
+    wl_file(folder / "d.wl", "WL004", "Müller^Jörg", "XC", "CAMERA1", TODAY, "ACC400")
+    port = free_port()
+    log = tmp_path / "wlmscpfs.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(WLMSCPFS), "-v", "-dfp", str(root), "-csk", str(port)],
+            env=dcmtk_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    scp = WlmScp(proc, port, root, log, study_uid)
+    deadline = time.monotonic() + 10
+    while not _listening(port):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError(f"wlmscpfs did not listen: {log.read_text()}")
+        time.sleep(0.05)
+    yield scp
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _ids(entries: list) -> list[str]:
+    return sorted(e.patient.patient_id for e in entries)
+
+
+# -- MWL ---------------------------------------------------------------------------------------
+def test_mwl_search_by_modality_station_and_date(wlmscp: WlmScp) -> None:
+    dev = wlmscp.device()
+    found = search(dev, WorklistQuery(modality="XC", date="today"))
+    assert _ids(found) == ["WL001", "WL002", "WL004"]
+    assert _ids(search(dev, WorklistQuery(modality="XC", station_ae="CAMERA1"))) == [
+        "WL001",
+        "WL004",
+    ]
+    assert _ids(search(dev, WorklistQuery(modality="ES", date="today"))) == []
+    assert _ids(search(dev, WorklistQuery(date=f"{TODAY}-{TOMORROW}", modality="ES"))) == ["WL003"]
+    assert _ids(search(dev, WorklistQuery(date=f"-{TODAY}"))) == ["WL001", "WL002", "WL004"]
+
+
+def test_mwl_entry_carries_patient_order_and_step(wlmscp: WlmScp) -> None:
+    (entry,) = search(wlmscp.device(), WorklistQuery(patient_id="WL001"))
+    p = entry.patient
+    assert (p.patient_id, p.patient_name, p.birth_date, p.sex) == (
+        "WL001",
+        "Muster^Anna",
+        "19800101",
+        "F",
+    )
+    assert p.accession_number == "ACC100"
+    assert p.study_instance_uid == wlmscp.study_uid  # assigned by the RIS
+    assert p.study_description == "XC photo of WL001"
+    assert p.referring_physician == "Ref^Doc"
+    assert (entry.modality, entry.scheduled_station_ae, entry.sps_start_date) == (
+        "XC",
+        "CAMERA1",
+        TODAY,
+    )
+    assert (entry.sps_id, entry.requested_procedure_id) == ("SPSWL001", "RPWL001")
+    assert entry.problem == ""
+
+
+def test_mwl_names_wildcards_and_utf8(wlmscp: WlmScp) -> None:
+    dev = wlmscp.device()
+    assert _ids(search(dev, WorklistQuery(patient_name="Muster*"))) == ["WL001", "WL002"]
+    assert _ids(search(dev, WorklistQuery(patient_name="Muster^B?rnd"))) == ["WL002"]
+    # wlmscpfs matches Patient ID by single value only (PS3.4 §K.6.1.2.2 does not require
+    # wildcards there); "*" for the date means "any" even when the device had a default
+    assert _ids(search(dev, WorklistQuery(patient_id="WL003", modality="ES", date="*"))) == [
+        "WL003"
+    ]
+    (jorg,) = search(dev, WorklistQuery(patient_name="Müller*"))
+    assert jorg.patient.patient_name == "Müller^Jörg"
+
+
+def test_mwl_device_defaults_and_star_override(wlmscp: WlmScp) -> None:
+    dev = wlmscp.device(modality="ES", date="")
+    assert _ids(search(dev, WorklistQuery())) == ["WL003"]
+    assert _ids(search(dev, WorklistQuery(modality="*"))) == [
+        "WL001",
+        "WL002",
+        "WL003",
+        "WL004",
+    ]
+    dev = wlmscp.device(date="today", station_ae="CAMERA2")
+    assert _ids(search(dev, WorklistQuery())) == ["WL002"]
+
+
+def test_mwl_errors_are_clear(wlmscp: WlmScp) -> None:
+    bad_ae = WorklistDevice("wl", "mwl", "NOSUCHAE", "127.0.0.1", wlmscp.port, timeout=10)
+    with pytest.raises(WorklistError, match="association rejected .*Called AE title not"):
+        search(bad_ae, WorklistQuery())
+    down = WorklistDevice("wl", "mwl", "WLSCP", "127.0.0.1", free_port(), timeout=5)
+    with pytest.raises(WorklistError, match="connection refused"):
+        search(down, WorklistQuery())
+    few = wlmscp.device(max_results=2)
+    with pytest.raises(WorklistError, match="more than 2 matches"):
+        search(few, WorklistQuery())
+    assert echo(wlmscp.device()) == (True, f"C-ECHO WLSCP@127.0.0.1:{wlmscp.port}: success")
+
+
+# -- Q/R C-FIND: pacsbox and Orthanc -------------------------------------------------------------
+def _store(port: int, aec: str, files: list[Path]) -> None:
+    res = run_dcmtk(["/usr/bin/storescu", "-aec", aec, "127.0.0.1", str(port), *map(str, files)])
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def _qr_checks(aet: str, port: int, files_a: list[Path], files_b: list[Path]) -> None:
+    study_a = str(dcmread(files_a[0]).StudyInstanceUID)
+    study_b = str(dcmread(files_b[0]).StudyInstanceUID)
+
+    def dev(root: str, level: str = "STUDY") -> WorklistDevice:
+        return WorklistDevice("qr", "qr", aet, "127.0.0.1", port, root_model=root, level=level)
+
+    (st,) = search(dev("STUDY"), WorklistQuery(patient_id="QRA1"))
+    p = st.patient
+    assert (p.study_instance_uid, p.patient_name, p.study_date, p.accession_number) == (
+        study_a,
+        "Alpha^Anna",
+        "20260101",
+        "ACC1",
+    )
+    assert st.modality == "CT"
+    both = search(dev("STUDY"), WorklistQuery(patient_name="*a^*"))
+    assert sorted(e.patient.study_instance_uid for e in both) == sorted([study_a, study_b])
+    assert search(dev("STUDY"), WorklistQuery(date="20250101")) == []
+
+    (pat,) = search(dev("PATIENT", "PATIENT"), WorklistQuery(patient_name="Beta*"))
+    assert (pat.patient.patient_id, pat.patient.birth_date, pat.patient.study_instance_uid) == (
+        "QRB2",
+        "19700101",
+        "",
+    )
+    (ps,) = search(dev("PATIENT_STUDY"), WorklistQuery(patient_name="Beta*"))
+    assert (ps.patient.patient_id, ps.patient.study_instance_uid) == ("QRB2", study_b)
+    assert ps.patient.patient_name == "Beta^Bob" and ps.patient.birth_date == "19700101"
+    (pr,) = search(dev("PATIENT", "STUDY"), WorklistQuery(patient_id="QRA1"))
+    assert pr.patient.study_instance_uid == study_a
+
+
+@pytest.fixture
+def two_studies(tmp_path: Path) -> tuple[list[Path], list[Path]]:
+    a = write_study(
+        tmp_path / "a", n_series=1, per_series=2, patient_id="QRA1", patient_name="Alpha^Anna"
+    )
+    b = write_study(
+        tmp_path / "b", n_series=1, per_series=1, patient_id="QRB2", patient_name="Beta^Bob"
+    )
+    return a, b
+
+
+def test_qr_search_in_pacsbox(make_server, two_studies) -> None:
+    server = make_server(PACSBOX_PERMISSIVE_AES="true", PACSBOX_PERMISSIVE_AES_ENABLED="true")
+    a, b = two_studies
+    _store(server.port, server.ae_title, a + b)
+    _qr_checks(server.ae_title, server.port, a, b)
+
+
+def test_qr_search_in_orthanc(tmp_path: Path, two_studies) -> None:
+    _require(ORTHANC_BIN)
+    dummy = SimpleNamespace(ae_title="NOBODY", port=1)  # Orthanc's helper names one modality
+    orthanc = start_orthanc(
+        tmp_path / "orthanc",
+        dummy,  # type: ignore[arg-type]
+        {"DicomModalities": {"stp": ["SENDTOPACS", "127.0.0.1", 104]}},
+    )
+    try:
+        a, b = two_studies
+        _store(orthanc.dicom_port, orthanc.aet, a + b)
+        _qr_checks(orthanc.aet, orthanc.dicom_port, a, b)
+    finally:
+        stop_orthanc(orthanc)
+
+
+# -- HTTP JSON worklist --------------------------------------------------------------------------
+def test_http_worklist_search_and_errors() -> None:
+    with JsonWorklist() as his:
+        dev = his.device()
+        found = search(dev, WorklistQuery(patient_name="Muster*"))
+        assert [e.patient.patient_id for e in found] == ["WL001", "WL002"]
+        assert his.requests[-1] == "/orders?pid=&name=Muster%2A&acc="
+        (anna,) = search(dev, WorklistQuery(patient_id="WL001"))
+        assert (anna.patient.patient_name, anna.patient.birth_date) == ("Muster^Anna", "19800101")
+        assert echo(dev)[0] is True
+        with pytest.raises(WorklistError, match="HTTP 401"):
+            search(his.device(auth_header="Authorization: nope"), WorklistQuery())
+    with pytest.raises(WorklistError, match="connection refused"):
+        search(dev, WorklistQuery())
+
+
+# -- end to end: file name → worklist → convert → storescp --------------------------------------
+def test_filename_pattern_maps_and_sends(
+    wlmscp: WlmScp,
+    start_storescp,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    scp = start_storescp("+xa")  # accept JPEG Baseline as it is
+    config = tmp_path / "stp.json"
+    add_device(config, "scp", scp.port)
+    res = stp(
+        config,
+        "worklist-devices",
+        "add",
+        "wl",
+        "--kind",
+        "mwl",
+        "--aec",
+        "WLSCP",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(wlmscp.port),
+        "--date",
+        "today",
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    yy, xx = np.indices((48, 64))
+    rgb = np.stack([xx * 4 % 256, yy * 5 % 256, (xx + yy) % 256], -1).astype(np.uint8)
+    photo = tmp_path / "WL001_Muster_1.jpg"
+    Image.fromarray(rgb).save(photo, quality=90)
+    res = stp(
+        config,
+        "send",
+        str(photo),
+        "--to",
+        "scp",
+        "--worklist",
+        "wl",
+        "--from-filename",
+        "{PatientID}_{LastName}_*.jpg",
+        "--json",
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout)
+    assert out["sent"] == 1
+    (received,) = scp.received()
+    ds = dcmread(received)
+    assert (ds.PatientID, str(ds.PatientName), ds.AccessionNumber) == (
+        "WL001",
+        "Muster^Anna",
+        "ACC100",
+    )
+    assert ds.StudyInstanceUID == wlmscp.study_uid
+    assert ds.Modality == "XC"
+    assert ds.PatientBirthDate == "19800101"
+    assert ds.StudyDescription == "XC photo of WL001"
+    # the JPEG stream went in unchanged (no re-encoding on the way)
+    assert photo.read_bytes() in bytes(ds.PixelData)
+
+    # a name with two matches is not guessed: nothing is sent, the candidates are listed
+    other = tmp_path / "_Muster_2.jpg"
+    Image.fromarray(rgb).save(other, quality=90)
+    res = stp(
+        config,
+        "send",
+        str(other),
+        "--to",
+        "scp",
+        "--worklist",
+        "wl",
+        "--from-filename",
+        "re:(?P<PatientID>[^_]*)_(?P<LastName>[^_]+)_.*",
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "2 worklist entries match" in res.stdout + res.stderr
+    assert "WL001" in res.stdout and "WL002" in res.stdout
+    assert len(scp.received()) == 1
