@@ -391,3 +391,107 @@ def test_filename_pattern_maps_and_sends(
     assert "2 worklist entries match" in res.stdout + res.stderr
     assert "WL001" in res.stdout and "WL002" in res.stdout
     assert len(scp.received()) == 1
+
+
+def test_cli_search_replace_worklist_info_tag_updates_worklist_only(
+    wlmscp: WlmScp,
+    start_storescp,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    from tests.helpers import make_ct
+
+    scp = start_storescp("+xa")
+    config = tmp_path / "stp.json"
+    add_device(config, "scp", scp.port)
+    args = ["--kind", "mwl", "--aec", "WLSCP", "--host", "127.0.0.1", "--port", str(wlmscp.port)]
+    res = stp(config, "worklist-devices", "add", "wl", *args)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    res = stp(config, "worklist", "--modality", "XC", "--date", "today", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    found = json.loads(res.stdout)
+    assert sorted(e["patient"]["patient_id"] for e in found) == ["WL001", "WL002", "WL004"]
+    assert {e["patient"]["patient_name"] for e in found} >= {"Müller^Jörg"}
+
+    # a DICOM file re-mapped to a worklist entry, then changed by tag update patterns
+    ct = make_ct(patient_id="MOD7", patient_name="Modality^Guess")
+    ct.save_as(tmp_path / "ct.dcm", enforce_file_format=True)
+    res = stp(
+        config,
+        "send",
+        str(tmp_path / "ct.dcm"),
+        "--to",
+        "scp",
+        "--worklist",
+        "wl",
+        "--search",
+        "patient_id=WL002",
+        "--replace-worklist-info",
+        "--tag-update",
+        "StudyDescription={Modality} - test",
+        "--tag-update",
+        "InstitutionName=Clinic",
+        "--create",
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    (got,) = [dcmread(p) for p in scp.received()]
+    assert (got.PatientID, str(got.PatientName), got.AccessionNumber) == (
+        "WL002",
+        "Muster^Bernd",
+        "ACC200",
+    )
+    assert got.SOPInstanceUID == ct.SOPInstanceUID  # UIDs kept (the file has its own study)
+    assert got.StudyInstanceUID != ct.StudyInstanceUID  # ... but the RIS assigned one
+    assert got.StudyDescription == "CT - test"
+    assert got.InstitutionName == "Clinic"
+    assert got.RequestAttributesSequence[0].RequestedProcedureID == "RPWL002"
+
+    # an invalid tag update is refused before anything is sent
+    res = stp(
+        config, "send", str(tmp_path / "ct.dcm"), "--to", "scp", "--tag-update", "Modality=ct"
+    )
+    assert res.returncode == 2 and "Invalid value for VR CS" in res.stdout + res.stderr
+    assert len(scp.received()) == 1
+
+    # convert with a worklist search: the entry's patient and modality, plus a created tag
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    res = stp(
+        config,
+        "convert",
+        str(photo),
+        "-o",
+        str(tmp_path / "out"),
+        "--worklist",
+        "wl",
+        "--search",
+        "name=Müller*",
+        "--tag-update",
+        "SeriesDescription=from {StationName}",
+        "--create",
+        "--json",
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    (row,) = json.loads(res.stdout)["files"]
+    made = dcmread(row["output"])
+    assert (made.PatientID, str(made.PatientName), made.Modality) == ("WL004", "Müller^Jörg", "XC")
+    assert made.SeriesDescription == "from"  # no Station Name in the object: empty
+
+    # several matches: nothing converted, candidates listed
+    res = stp(
+        config, "convert", str(photo), "-o", str(tmp_path / "o2"), "--worklist", "wl",
+        "--search", "name=Muster*",
+    )  # fmt: skip
+    assert res.returncode == 1
+    assert "2 worklist entries match" in res.stdout and "WL001" in res.stdout
+
+    # worklist only: typed-in patient data is refused
+    res = stp(config, "worklist-devices", "edit", "wl", "--worklist-only")
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = stp(
+        config, "send", str(photo), "--to", "scp", "--patient-id", "X1", "--patient-name", "A^B"
+    )
+    assert res.returncode == 2 and "worklist only (wl)" in res.stdout + res.stderr
+    assert len(scp.received()) == 1

@@ -89,32 +89,43 @@ def test_conditions_matrix() -> None:
     assert [c.action for c in changes] == ["skipped", "set", "skipped", "created", "set", "created"]
 
 
-@pytest.mark.parametrize(
-    ("update", "message"),
-    [
-        ("Modality=ct", "Invalid value for VR CS"),
-        ("AccessionNumber=12345678901234567", "exceeds the maximum length of 16"),
-        ("StudyDate=2026-13-01", "Invalid value for VR DA"),
-        ("StudyTime=256000", "Invalid value for VR TM"),
-        ("StudyInstanceUID=1.2.abc", "Invalid value for VR UI"),
-        ("PatientID=a\\b", "one value only"),
-        ("Rows=70000", "out of range for VR US"),
-        ("Rows=ten", "not a number"),
-        ("PatientName=A^B^C^D^E^F", "at most 5 components"),
-        ("PatientID=bad\ttab", "control characters"),
-        ("(0009,0010)=x", "private tags"),
-        ("PixelData=x", "cannot be updated"),
-        ("TransferSyntaxUID=1.2", "file meta"),
-        ("SpecificCharacterSet=ISO_IR 100", "character set follows"),
-        ("ReferencedSeriesSequence=x", "cannot be updated"),
-        ("Modality", "TAG=VALUE"),
-    ],
-)
-def test_invalid_updates_are_refused_and_change_nothing(update: str, message: str) -> None:
-    ds = ct()
-    before = ds.to_json_dict()
+BAD_VALUES = [
+    ("Modality=ct", "Invalid value for VR CS"),
+    ("AccessionNumber=12345678901234567", "exceeds the maximum length of 16"),
+    ("StudyDate=2026-13-01", "Invalid value for VR DA"),
+    ("StudyTime=256000", "Invalid value for VR TM"),
+    ("StudyInstanceUID=1.2.abc", "Invalid value for VR UI"),
+    ("PatientID=a\\b", "one value only"),
+    ("Rows=70000", "out of range for VR US"),
+    ("Rows=ten", "not a number"),
+    ("PatientName=A^B^C^D^E^F", "at most 5 components"),
+    ("PatientID=bad\ttab", "control characters"),
+]
+BAD_TARGETS = [
+    ("(0009,0010)=x", "private tags"),
+    ("PixelData=x", "cannot be updated"),
+    ("TransferSyntaxUID=1.2", "file meta"),
+    ("SpecificCharacterSet=ISO_IR 100", "character set follows"),
+    ("ReferencedSeriesSequence=x", "cannot be updated"),
+    ("Modality", "TAG=VALUE"),
+]
+
+
+@pytest.mark.parametrize(("update", "message"), BAD_VALUES + BAD_TARGETS)
+def test_invalid_fixed_updates_are_refused_when_parsed(update: str, message: str) -> None:
     with pytest.raises(TagUpdateError, match=message):
-        apply_updates(ds, [TagUpdate("StudyDescription", "changed"), TagUpdate.parse(update)])
+        TagUpdate.parse(update)
+
+
+@pytest.mark.parametrize(("update", "message"), BAD_VALUES)
+def test_invalid_template_results_change_nothing(update: str, message: str) -> None:
+    target, _, value = update.partition("=")
+    ds = ct()
+    ds.ImageComments = value  # the bad value comes out of a template at apply time
+    before = ds.to_json_dict()
+    ups = [TagUpdate("StudyDescription", "changed"), TagUpdate(target, "{ImageComments}")]
+    with pytest.raises(TagUpdateError, match=message):
+        apply_updates(ds, ups)
     assert ds.to_json_dict() == before  # all or nothing
 
 

@@ -139,6 +139,8 @@ class TagUpdate:
         self.number = parse_tag(self.tag)
         self.vr = _target_vr(self.number)
         self._refs = template_fields(self.value)
+        if not self._refs:  # a fixed value is checked now, not at the first file
+            check_value(self.number, self.vr, _clean(self.vr, render(self.value, Dataset())))
 
     @property
     def keyword(self) -> str:
@@ -262,6 +264,14 @@ def check_value(tag: int, vr: str, text: str) -> Any:
     return text
 
 
+def _clean(vr: str, text: str) -> str:
+    """Padding is not part of a value (PS3.5 §6.2): coded VRs lose both ends, text VRs the
+    trailing spaces; LT/ST/UT/UR keep everything."""
+    if vr in ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI") or vr in _NUMERIC:
+        return text.strip()
+    return text if vr in _SINGLE_TEXT else text.rstrip()
+
+
 @dataclass
 class Change:
     """What one pattern did: ``action`` is ``set``, ``created`` or ``skipped``."""
@@ -330,11 +340,7 @@ def apply_updates(ds: Dataset, updates: Sequence[TagUpdate]) -> list[Change]:
         if present and old.strip() and up.if_empty:
             changes.append(Change(up.keyword, "skipped", old, reason="has a value (if_empty)"))
             continue
-        text = render(up.value, ds)
-        if up.vr in ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI") or up.vr in _NUMERIC:
-            text = text.strip()
-        elif up.vr not in _SINGLE_TEXT:
-            text = text.rstrip()
+        text = _clean(up.vr, render(up.value, ds))
         value = check_value(up.number, up.vr, text)
         planned.append((up, value, old))
         changes.append(Change(up.keyword, "set" if present else "created", old, text))
