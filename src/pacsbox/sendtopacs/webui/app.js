@@ -28,10 +28,10 @@ async function api(method, path, body, isForm) {
   return data;
 }
 
-function log(line) {
+function log(line, stamped) {
   const el = $("#log");
   const stamp = new Date().toTimeString().slice(0, 8);
-  el.textContent += `${stamp} ${line}\n`;
+  el.textContent += stamped ? `${line}\n` : `${stamp} ${line}\n`;
   el.scrollTop = el.scrollHeight;
 }
 
@@ -92,6 +92,7 @@ function renderFiles() {
 async function loadFiles() {
   state.files = await api("GET", "/api/files");
   renderFiles();
+  refreshStatus();
 }
 
 async function upload(fileList) {
@@ -151,8 +152,9 @@ async function echo(name) {
   try {
     const r = await api("POST", `/api/devices/${encodeURIComponent(name)}/echo`);
     log(r.message);
-    if (!r.ok) alert(r.message);
-  } catch (e) { log(`echo failed: ${e.message}`); }
+    $("#settings-msg").textContent = r.message;
+    $("#settings-msg").className = r.ok ? "" : "error";
+  } catch (e) { log(`echo failed: ${e.message}`); $("#settings-msg").textContent = e.message; }
 }
 $("#btn-echo").addEventListener("click", () => echo($("#send-device").value));
 
@@ -329,7 +331,7 @@ function watchJob(id) {
     try {
       const job = await api("GET", `/api/jobs/${id}`);
       state.job = job;
-      for (const line of job.log.slice(seen)) log(line);
+      for (const line of job.log.slice(seen)) log(line, true);
       seen = job.log.length;
       renderFiles();
       if (job.state === "done" || job.state === "failed") {
