@@ -102,11 +102,11 @@ class WlmScp:
     study_uid: str
 
     def device(self, **kw: object) -> WorklistDevice:
-        return WorklistDevice("wl", "mwl", "WLSCP", "127.0.0.1", self.port, timeout=10, **kw)
+        values: dict[str, object] = {"timeout": 10, **kw}
+        return WorklistDevice("wl", "mwl", "WLSCP", "127.0.0.1", self.port, **values)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def wlmscp(tmp_path: Path) -> Iterator[WlmScp]:
+def _start_wlmscpfs(tmp_path: Path, *options: str) -> WlmScp:
     _require(WLMSCPFS)
     root = tmp_path / "worklists"
     folder = root / "WLSCP"
@@ -121,7 +121,7 @@ def wlmscp(tmp_path: Path) -> Iterator[WlmScp]:
     log = tmp_path / "wlmscpfs.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(WLMSCPFS), "-v", "-dfp", str(root), "-csk", str(port)],
+            [str(WLMSCPFS), "-v", "-dfp", str(root), "-csk", *options, str(port)],
             env=dcmtk_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -134,14 +134,24 @@ def wlmscp(tmp_path: Path) -> Iterator[WlmScp]:
             proc.kill()
             raise RuntimeError(f"wlmscpfs did not listen: {log.read_text()}")
         time.sleep(0.05)
-    yield scp
-    if proc.poll() is None:
-        proc.terminate()
+    return scp
+
+
+def _stop(scp: WlmScp) -> None:
+    if scp.proc.poll() is None:
+        scp.proc.terminate()
         try:
-            proc.wait(10)
+            scp.proc.wait(10)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            scp.proc.kill()
+            scp.proc.wait(5)
+
+
+@pytest.fixture
+def wlmscp(tmp_path: Path) -> Iterator[WlmScp]:
+    scp = _start_wlmscpfs(tmp_path)
+    yield scp
+    _stop(scp)
 
 
 def _ids(entries: list) -> list[str]:
@@ -221,6 +231,18 @@ def test_mwl_errors_are_clear(wlmscp: WlmScp) -> None:
     with pytest.raises(WorklistError, match="more than 2 matches"):
         search(few, WorklistQuery())
     assert echo(wlmscp.device()) == (True, f"C-ECHO WLSCP@127.0.0.1:{wlmscp.port}: success")
+
+
+def test_mwl_time_out_is_reported(tmp_path: Path) -> None:
+    scp = _start_wlmscpfs(tmp_path, "--sleep-before", "4")  # answers after 4 s
+    try:
+        slow = scp.device(timeout=1)
+        t0 = time.monotonic()
+        with pytest.raises(WorklistError, match=r"no C-FIND response .*\(time-out after 1 s"):
+            search(slow, WorklistQuery())
+        assert time.monotonic() - t0 < 4
+    finally:
+        _stop(scp)
 
 
 # -- Q/R C-FIND: pacsbox and Orthanc -------------------------------------------------------------
