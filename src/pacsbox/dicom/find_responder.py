@@ -185,6 +185,140 @@ def p_data(context_id: int, command: bytes, dataset: bytes | None, max_pdu: int)
     return b"".join(out)
 
 
+class RowEncoder:
+    """Encodes pending responses straight from the query engine's rows (PS3.4 §C.4.1.1.3.2).
+
+    The response's element list is the same for every row of one request, so it is planned
+    once: (tag, VR, where the value comes from), sorted by tag. A row whose values are all
+    ASCII text (str/int/list of str) is then written without building a pydicom data set;
+    any other row (JSON-sourced attributes, sequences, binary VRs, non-ASCII text) falls
+    back to :meth:`FindSCP.response` + pydicom's writer, so the bytes are always the same as
+    :func:`encode_identifier` of the data set ``response`` builds (checked by the tests).
+    """
+
+    def __init__(self, find_scp: Any, transfer_syntax: str) -> None:
+        self.find_scp = find_scp
+        self.implicit = transfer_syntax == IMPLICIT_LE
+        self.transfer_syntax = transfer_syntax
+        self.plan: list[tuple[int, str, str | None, bytes | None]] | None = None
+        self.fast = True
+        self.charset_element = b""
+
+    def _header(self, tag: int, vr: str, length: int) -> bytes:
+        group, number = tag >> 16, tag & 0xFFFF
+        if self.implicit:
+            return struct.pack("<HHI", group, number, length)
+        if vr in _LONG_VRS:
+            return struct.pack("<HH2sHI", group, number, vr.encode(), 0, length)
+        return struct.pack("<HH2sH", group, number, vr.encode(), length)
+
+    def _constant(self, tag: int, vr: str, text: str) -> bytes:
+        raw = text.encode("ascii")
+        if len(raw) % 2:
+            raw += b"\x00" if vr == "UI" else b" "
+        return self._header(tag, vr, len(raw)) + raw
+
+    def _make_plan(self, query: Any, requested: list[Any], row: Any, charset_rq: list[str]) -> None:
+        from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+        from pacsbox.dicom.scp.find import (
+            INSTANCE_AVAILABILITY,
+            QUERY_RETRIEVE_LEVEL,
+            RETRIEVE_AE_TITLE,
+            SPECIFIC_CHARACTER_SET,
+        )
+
+        ae_title = self.find_scp.settings.ae_title
+        entries: dict[int, tuple[int, str, str | None, bytes | None]] = {
+            QUERY_RETRIEVE_LEVEL: (
+                QUERY_RETRIEVE_LEVEL,
+                "CS",
+                None,
+                self._constant(QUERY_RETRIEVE_LEVEL, "CS", query.level.name),
+            )
+        }
+        skip = {SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL}
+        for elem in requested:
+            tag = int(elem.tag)
+            if tag in skip or tag in entries:
+                continue
+            keyword = elem.keyword
+            if tag == RETRIEVE_AE_TITLE:
+                entries[tag] = (tag, "AE", None, self._constant(tag, "AE", ae_title))
+            elif tag == INSTANCE_AVAILABILITY:
+                entries[tag] = (tag, "CS", None, self._constant(tag, "CS", "ONLINE"))
+            else:
+                vr = elem.VR if elem.VR != "UN" or not keyword else dictionary_VR(tag)
+                if keyword and keyword in row.values:
+                    vr = elem.VR if elem.VR != "UN" else dictionary_VR(tag)
+                    entries[tag] = (tag, vr, keyword, None)
+                else:
+                    entries[tag] = (tag, vr, None, self._header(tag, vr, 0))
+                if vr not in _TEXT_VRS:
+                    self.fast = False  # sequences, binary VRs: pydicom's writer
+        for keyword in row.values:  # unique keys of the levels, not asked for
+            tag = int(tag_for_keyword(keyword) or 0)
+            if tag and tag not in entries:
+                vr = dictionary_VR(tag)
+                entries[tag] = (tag, vr, keyword, None)
+                if vr not in _TEXT_VRS:
+                    self.fast = False
+        for tag, vr, text in (
+            (RETRIEVE_AE_TITLE, "AE", ae_title),
+            (INSTANCE_AVAILABILITY, "CS", "ONLINE"),
+        ):
+            if tag not in entries:
+                entries[tag] = (tag, vr, None, self._constant(tag, vr, text))
+        if charset_rq:
+            self.charset_element = self._constant(
+                SPECIFIC_CHARACTER_SET, "CS", "\\".join(charset_rq)
+            )
+        self.plan = [entries[t] for t in sorted(entries)]
+
+    def __call__(self, query: Any, requested: list[Any], row: Any, charset_rq: list[str]) -> Any:
+        if self.plan is None:
+            self._make_plan(query, requested, row, charset_rq)
+        if self.fast:
+            out = self._fast(row)
+            if out is not None:
+                return out
+        ds = self.find_scp.response(query, requested, row, charset_rq)
+        return encode_identifier(ds, self.transfer_syntax)
+
+    def _fast(self, row: Any) -> bytes | None:
+        values = row.values
+        out = [self.charset_element]
+        assert self.plan is not None
+        for tag, vr, keyword, constant in self.plan:
+            if constant is not None:
+                out.append(constant)
+                continue
+            value = values.get(keyword)  # type: ignore[arg-type]
+            if value is None or value == "" or value == []:
+                out.append(self._header(tag, vr, 0))
+                continue
+            if isinstance(value, str):
+                text = value
+            elif isinstance(value, int) and not isinstance(value, bool):
+                text = str(value)
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                if any("\\" in v for v in value):
+                    return None
+                text = "\\".join(value)
+            else:
+                return None  # JSON-sourced attribute or anything unusual
+            if not text.isascii():
+                return None
+            raw = text.encode("ascii")
+            if len(raw) % 2:
+                raw += b"\x00" if vr == "UI" else b" "
+            if len(raw) > 0xFFFF and vr not in _LONG_VRS and not self.implicit:
+                return None
+            out.append(self._header(tag, vr, len(raw)))
+            out.append(raw)
+        return b"".join(out)
+
+
 class LeanFind:
     """Answers one C-FIND-RQ on a lean association."""
 
@@ -225,6 +359,7 @@ class LeanFind:
             relational=settings.relational_queries,
             combined=False,
             is_cancelled=is_cancelled,
+            encode=RowEncoder(self.find_scp, transfer_syntax),
         )
         batch: list[bytes] = []
         waiting = 0
@@ -239,7 +374,11 @@ class LeanFind:
                     final = True
                     break
                 code = int(status)
-                data = encode_identifier(ds, transfer_syntax) if ds is not None else None
+                data = (
+                    ds
+                    if isinstance(ds, bytes) or ds is None
+                    else encode_identifier(ds, transfer_syntax)
+                )
                 command = find_response_command(message_id, sop_class, code, data is not None, None)
                 pdu = p_data(context_id, command, data, self.max_pdu)
                 batch.append(pdu)

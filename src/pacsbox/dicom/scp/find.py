@@ -313,12 +313,16 @@ class FindSCP:
         relational: bool,
         combined: bool,
         is_cancelled: Any,
+        encode: Any = None,
     ) -> Iterator[tuple[Any, Any]]:
         """The C-FIND responses (PS3.4 §C.4.1.3.1) to one request, as (status, identifier)
         pairs: pending ones with the matches, then exactly one final status. Shared by the
         pynetdicom handler and the lean acceptor (``dicom/find_responder.py``).
         ``identifier_of()`` returns the request identifier (it may raise when it cannot be
-        decoded); ``is_cancelled()`` says whether a C-CANCEL-RQ arrived (PS3.7 §9.3.2.3)."""
+        decoded); ``is_cancelled()`` says whether a C-CANCEL-RQ arrived (PS3.7 §9.3.2.3).
+        ``encode(query, requested, row, charset)``, when given, replaces :meth:`response`
+        for pending identifiers (the lean acceptor yields encoded bytes)."""
+        build = encode or self.response
         started = time.monotonic()
         try:
             entry = self.archive.registry.get(calling)
@@ -363,7 +367,7 @@ class FindSCP:
                     outcome = "cancelled"
                     yield STATUS_CANCEL, None
                     return
-                yield STATUS_PENDING, self.response(query, requested, row, charset_rq)
+                yield STATUS_PENDING, build(query, requested, row, charset_rq)
                 count += 1
             if is_cancelled():
                 outcome = "cancelled"
