@@ -13,6 +13,20 @@ let pending = 0;
 
 export function setCsrf(token) {
   csrfToken = token || null;
+  try {
+    if (token) sessionStorage.setItem('pacsbox.csrf', token);
+    else sessionStorage.removeItem('pacsbox.csrf');
+  } catch {
+    // storage disabled: the cookie still works
+  }
+}
+
+function storedCsrf() {
+  try {
+    return sessionStorage.getItem('pacsbox.csrf');
+  } catch {
+    return null;
+  }
 }
 
 function csrfCookie() {
@@ -44,7 +58,7 @@ async function errorMessage(r) {
  */
 export async function request(path, {method = 'GET', body, query, accept} = {}) {
   const headers = {'X-Requested-With': 'pacsbox-ui', Accept: accept || 'application/json'};
-  if (!['GET', 'HEAD'].includes(method)) headers['X-CSRF-Token'] = csrfToken || csrfCookie() || '';
+  if (!['GET', 'HEAD'].includes(method)) headers['X-CSRF-Token'] = csrfToken || csrfCookie() || storedCsrf() || '';
   let payload;
   if (body instanceof FormData) {
     payload = body;

@@ -51,7 +51,23 @@ async function loadMe() {
 }
 
 const CREDENTIAL_KEYS = ['id', 'password'];
-const CODE_KEYS = ['code', 'Code'];
+const CODE_KEYS = ['code', 'Code', 'key_id'];
+
+/** The raw code value: base64 may hold '+', which URLSearchParams would turn into a space. */
+function rawParam(names) {
+  const raw = location.hash.slice(location.hash.indexOf('?') + 1);
+  for (const part of raw.split('&')) {
+    const i = part.indexOf('=');
+    if (i > 0 && names.includes(part.slice(0, i))) {
+      try {
+        return decodeURIComponent(part.slice(i + 1));
+      } catch {
+        return part.slice(i + 1);
+      }
+    }
+  }
+  return null;
+}
 
 /**
  * HIS/RIS links (SPEC E6): id/password (when the url_login setting allows it) or an OTP
@@ -61,14 +77,15 @@ const CODE_KEYS = ['code', 'Code'];
 async function urlLogin(name, params) {
   const id = params.get('id');
   const password = params.get('password');
-  const code = CODE_KEYS.map((k) => params.get(k)).find((v) => v);
+  const code = rawParam(['code', 'Code']);
+  const keyId = params.get('key_id');
   if (id === null && password === null && !code) return;
   const rest = new URLSearchParams();
   for (const [k, v] of params) if (!CREDENTIAL_KEYS.includes(k) && !CODE_KEYS.includes(k)) rest.append(k, v);
   history.replaceState(null, '', hashUrl(name, rest));
   try {
     if (code) {
-      loggedIn(await api('/api/otp/login', {method: 'POST', body: {code}}));
+      loggedIn(await api('/api/otp/login', {method: 'POST', body: keyId ? {code, key_id: keyId} : {code}}));
     } else if (session.config.url_login) {
       loggedIn(await api('/api/login', {method: 'POST', body: {username: id || '', password: password || ''}}));
     } else {
@@ -91,7 +108,8 @@ export async function route() {
   }
   const page = pages.find((p) => p.route === name);
   if (!page) {
-    view.replaceChildren(h('h1', {}, t('error.not_found')), h('p', {}, h('a', {href: '#/list'}, t('nav.list'))));
+    view.replaceChildren(h('div', {class: 'page', dataset: {ready: location.hash}}, h('h1', {}, t('error.not_found')),
+      h('p', {}, h('a', {href: '#/list'}, t('nav.list')))));
     return;
   }
   if (!page.public && !session.me) {
@@ -104,7 +122,8 @@ export async function route() {
     return;
   }
   if (!page.public && page.privilege && !can(page.privilege)) {
-    view.replaceChildren(h('h1', {}, t(page.title)), errorBox(t('error.forbidden', {p: page.privilege})));
+    view.replaceChildren(h('div', {class: 'page', dataset: {ready: location.hash}}, h('h1', {}, t(page.title)),
+      errorBox(t('error.forbidden', {p: page.privilege}))));
     return;
   }
   document.title = `${t(page.title)} — pacsbox`;
@@ -116,6 +135,7 @@ export async function route() {
     const el = h('div', {class: `page page-${page.route}`});
     view.replaceChildren(el);
     await mod.render({el, params, session, can, navigate, isCurrent: () => token === renderToken});
+    if (token === renderToken) el.dataset.ready = location.hash; // tests and scripts wait on this
   } catch (err) {
     if (token !== renderToken) return;
     if (err instanceof ApiError && err.status === 401) {
@@ -124,7 +144,8 @@ export async function route() {
       navigate(hashUrl('login', {next: location.hash}), {replace: true});
       return;
     }
-    view.replaceChildren(h('h1', {}, t(page.title)), errorBox(err));
+    const box = h('div', {class: `page page-${page.route}`, dataset: {ready: location.hash}}, h('h1', {}, t(page.title)), errorBox(err));
+    view.replaceChildren(box);
   }
 }
 

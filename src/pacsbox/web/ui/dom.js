@@ -94,3 +94,9 @@ export function hashUrl(route, params) {
   const s = q.toString();
   return `#/${route}${s ? `?${s}` : ''}`;
 }
+
+/** A multi-valued attribute (a list, or DICOM text with backslashes) as "CT, MR". */
+export function fmtList(value) {
+  if (value === null || value === undefined) return '';
+  return (Array.isArray(value) ? value : String(value).split('\\')).filter(Boolean).join(', ');
+}

@@ -130,7 +130,7 @@ export function copyButton(text) {
 
 export async function shareStudy(study, onCreated) {
   const validity = h('select', {name: 'validity'},
-    [['7', 'share.days7'], ['30', 'share.days30'], ['60', 'share.months2'], ['365', 'share.year'],
+    [['d7', 'share.days7'], ['d30', 'share.days30'], ['m2', 'share.months2'], ['m12', 'share.year'],
       ['until', 'share.until']].map(([v, k]) => h('option', {value: v}, t(k))));
   const until = h('input', {type: 'date', name: 'until', disabled: true});
   validity.addEventListener('change', () => { until.disabled = validity.value !== 'until'; until.required = !until.disabled; });
@@ -140,16 +140,21 @@ export async function shareStudy(study, onCreated) {
     build: () => [h('p', {}, `${fmtName(study.patient_name)} — ${study.study_description || ''}`),
       field(t('share.validity'), validity), field(t('share.until_date'), until)],
     submit: () => api(`/api/studies/${encodeURIComponent(study.study_instance_uid)}/shares`, {method: 'POST',
-      body: validity.value === 'until' ? {until: until.value} : {valid_days: Number(validity.value)}}),
+      body: validity.value === 'until' ? {until: until.value}
+        : validity.value.startsWith('m') ? {valid_months: Number(validity.value.slice(1))}
+          : {valid_days: Number(validity.value.slice(1))}}),
   });
   if (!share) return null;
   const link = shareLink(share);
   await dialog({
     title: t('share.created'),
     build: () => [h('p', {}, t('share.expires', {at: fmtDateTime(share.expires_at)})),
+      h('p', {class: 'muted small'}, t('share.once')),
       h('div', {class: 'share-link'}, h('input', {readonly: true, value: link, class: 'mono', 'aria-label': t('share.link')}),
         copyButton(link))],
   });
   if (onCreated) onCreated(share);
+  const section = document.getElementById('shares');
+  if (section) section.dispatchEvent(new Event('pacsbox:shared'));
   return share;
 }

@@ -14,11 +14,11 @@ const pick = (obj, ...keys) => keys.map((k) => obj?.[k]).find((v) => v !== undef
 
 export async function render({el}) {
   const d = await api('/api/dashboard');
-  const counts = d.counts || d;
-  const storage = d.storage || {};
-  const used = pick(storage, 'bytes_stored', 'used_bytes', 'used') ?? pick(d, 'bytes_stored');
-  const free = pick(storage, 'disk_free', 'free_bytes', 'free') ?? pick(d, 'disk_free', 'free_bytes');
-  const total = pick(storage, 'disk_total', 'total_bytes', 'total');
+  const counts = d.counts || {};
+  const disk = d.disk || {};
+  const used = d.bytes_stored;
+  const free = disk.free;
+  const total = disk.total;
   el.append(h('h1', {}, t('nav.dashboard')), h('div', {class: 'stats'},
     card(t('dash.patients'), String(pick(counts, 'patients') ?? '—')),
     card(t('dash.studies'), String(pick(counts, 'studies') ?? '—')),
@@ -30,22 +30,20 @@ export async function render({el}) {
     const bar = h('progress', {max: total, value: total - free, 'aria-label': t('dash.disk_use')});
     el.append(h('div', {class: 'disk'}, h('span', {class: 'muted'}, t('dash.disk_use')), bar));
   }
-  const arrivals = pick(d, 'arrivals_24h', 'arrivals', 'recent_arrivals') || [];
-  const rows = Array.isArray(arrivals) ? arrivals : Object.entries(arrivals).map(([ae, v]) => ({source_ae: ae, ...(typeof v === 'object' ? v : {instances: v})}));
-  const last = pick(d, 'last_arrival', 'last_arrival_at');
+  const rows = d.arrivals_24h || [];
+  const last = d.last_arrival;
   el.append(h('h2', {}, t('dash.arrivals')), last ? h('p', {class: 'muted'}, t('dash.last_arrival', {at: fmtDateTime(last)})) : null,
     table([
-      {label: t('col.source_ae'), value: (r) => h('a', {href: hashUrl('list', {sourceae: r.source_ae || r.ae_title || '', receiveddate: 'today'})}, r.source_ae || r.ae_title || '—')},
+      {label: t('col.source_ae'), value: (r) => (r.source_ae ? h('a', {href: hashUrl('list', {sourceae: r.source_ae, receiveddate: 'pastweek'})}, r.source_ae) : '—')},
       {label: t('dash.studies'), class: 'num', value: (r) => String(r.studies ?? '')},
       {label: t('dash.instances'), class: 'num', value: (r) => String(r.instances ?? '')},
     ], rows, {empty: t('dash.no_arrivals')}));
-  const listeners = pick(d, 'listeners') || [];
-  const lrows = Array.isArray(listeners) ? listeners : Object.entries(listeners).map(([name, v]) => ({name, ...(typeof v === 'object' ? v : {port: v})}));
+  const lrows = d.listeners || [];
   el.append(h('h2', {}, t('dash.listeners')), table([
-    {label: t('dash.listener'), value: (r) => r.name || r.kind || ''},
+    {label: t('dash.listener'), value: (r) => r.name},
     {label: t('dash.port'), class: 'num', value: (r) => String(r.port ?? '')},
-    {label: t('dash.detail'), value: (r) => r.ae_title || r.detail || ''},
-    {label: t('dash.status'), value: (r) => r.port === 0 || r.enabled === false ? badge(t('dash.disabled'))
-      : (r.accepting ?? r.ok ?? r.up) ? badge(t('dash.up'), 'ok') : badge(t('dash.down'), 'bad')},
+    {label: t('dash.detail'), value: (r) => r.ae_title || ''},
+    {label: t('dash.status'), value: (r) => (!r.enabled ? badge(t('dash.disabled'))
+      : r.accepting ? badge(t('dash.up'), 'ok') : badge(t('dash.down'), 'bad'))},
   ], lrows));
 }

@@ -57,7 +57,9 @@ export async function render({el, params}) {
     api(`/api/instances/${encodeURIComponent(sop)}`)]);
   const dataset = meta[0] || {};
   const patient = dataset['00100010'] ? fmtName(dataset['00100010'].Value?.[0]) : '';
-  el.append(breadcrumbs([patient || t('patient.title')], [t('study.title'), hashUrl('study', {uid: study})],
+  const patientId = dataset['00100020']?.Value?.[0] || '';
+  el.append(breadcrumbs([patient || patientId || t('patient.title'), patientId ? hashUrl('patient', {patientid: patientId}) : null],
+    [t('study.title'), hashUrl('study', {uid: study})],
     [t('series.title'), hashUrl('series', {study, uid: series})], [`#${info.instance_number ?? ''}`]),
   h('h1', {}, `${sopClassName(info.sop_class_uid)} #${info.instance_number ?? ''}`));
   const cls = info.sop_class_uid;

@@ -2,7 +2,7 @@
 // GET /api/studylist (keys and operators =, =!=, =>>, =>=, =<<, =<=, =**, repeated keys = OR,
 // ~a~b ranges, today/yesterday/pastweek/pastmonth are parsed by the server).
 import {request} from '../api.js';
-import {field, fmtDate, fmtDateTime, fmtName, fmtTime, h, hashUrl} from '../dom.js';
+import {field, fmtDate, fmtDateTime, fmtList, fmtName, fmtTime, h, hashUrl} from '../dom.js';
 import {t} from '../i18n.js';
 import {errorBox, pager, table} from '../widgets.js';
 import {studyActions} from './actions.js';
@@ -77,7 +77,7 @@ export async function render({el, params, navigate, can}) {
     {label: t('col.sex'), sort: 'patientsex', value: (r) => r.patient_sex || ''},
     {label: t('col.study_date'), sort: 'studydate', class: 'nowrap',
       value: (r) => `${fmtDate(r.study_date)} ${fmtTime(r.study_time)}`.trim()},
-    {label: t('col.modalities'), value: (r) => (r.modalities_in_study || '').replaceAll('\\', ', ')},
+    {label: t('col.modalities'), value: (r) => fmtList(r.modalities_in_study)},
     {label: t('col.description'), sort: 'studydescription', value: (r) => r.study_description || ''},
     {label: t('col.accession'), sort: 'accessionnumber', value: (r) => r.accession_number || ''},
     {label: t('col.counts'), class: 'num', value: (r) => `${r.num_series ?? ''} / ${r.num_instances ?? ''}`},

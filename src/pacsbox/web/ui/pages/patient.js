@@ -1,12 +1,12 @@
 // A patient and its studies: GET /api/patients/{id} then the study list API for the rows.
 import {api} from '../api.js';
-import {fmtDate, fmtName, h, hashUrl} from '../dom.js';
+import {fmtDate, fmtList, fmtName, h, hashUrl} from '../dom.js';
 import {t} from '../i18n.js';
 import {table} from '../widgets.js';
 import {breadcrumbs, details} from './study.js';
 
 export async function render({el, params, navigate}) {
-  const id = params.get('id') || '';
+  const id = params.get('patientid') || '';
   const issuer = params.get('issuer') || '';
   const info = await api(`/api/patients/${encodeURIComponent(id)}`, {query: issuer ? {issuer} : undefined});
   const p = info.patients[0] || {};
@@ -19,7 +19,7 @@ export async function render({el, params, navigate}) {
   studies.sort((a, b) => `${b.study_date}${b.study_time}`.localeCompare(`${a.study_date}${a.study_time}`));
   el.append(h('h2', {}, t('patient.studies', {n: info.studies.length})), table([
     {label: t('col.study_date'), value: (s) => fmtDate(s.study_date)},
-    {label: t('col.modalities'), value: (s) => (s.modalities_in_study || '').replaceAll('\\', ', ')},
+    {label: t('col.modalities'), value: (s) => fmtList(s.modalities_in_study)},
     {label: t('col.description'), value: (s) => s.study_description || ''},
     {label: t('col.accession'), value: (s) => s.accession_number || ''},
     {label: t('col.counts'), class: 'num', value: (s) => `${s.num_series} / ${s.num_instances}`},

@@ -14,7 +14,7 @@ export async function render({el, params, navigate, can}) {
   const studyUid = series.study_instance_uid;
   const study = await api(`/api/studies/${encodeURIComponent(studyUid)}`);
   const base = `/dicom-web/studies/${encodeURIComponent(studyUid)}/series/${encodeURIComponent(uid)}`;
-  el.append(breadcrumbs([fmtName(study.patient_name) || study.patient_id, hashUrl('patient', {id: study.patient_id})],
+  el.append(breadcrumbs([fmtName(study.patient_name) || study.patient_id, hashUrl('patient', {patientid: study.patient_id})],
     [study.study_description || t('study.title'), hashUrl('study', {uid: studyUid})],
     [`${series.modality || ''} #${series.series_number ?? ''}`]),
   h('h1', {}, series.series_description || `${t('series.title')} ${series.series_number ?? ''}`),

@@ -1,10 +1,10 @@
 // One study: details, actions, series with thumbnails (WADO-RS thumbnail, PS3.18 §9.7),
 // and — for users with `share` — its share links (SPEC E7).
 import {api} from '../api.js';
-import {fmtBytes, fmtDate, fmtDateTime, fmtName, fmtTime, h, hashUrl} from '../dom.js';
+import {fmtBytes, fmtDate, fmtDateTime, fmtList, fmtName, fmtTime, h, hashUrl} from '../dom.js';
 import {t} from '../i18n.js';
-import {errorBox, table, toast} from '../widgets.js';
-import {copyButton, shareLink, studyActions} from './actions.js';
+import {badge, errorBox, table, toast} from '../widgets.js';
+import {studyActions} from './actions.js';
 
 export function breadcrumbs(...items) {
   return h('nav', {class: 'crumbs', 'aria-label': t('common.breadcrumbs')},
@@ -20,7 +20,7 @@ export async function render({el, params, navigate, can}) {
   const uid = params.get('uid') || '';
   const enc = encodeURIComponent(uid);
   const [study, series] = await Promise.all([api(`/api/studies/${enc}`), api(`/api/studies/${enc}/series`)]);
-  const patientHref = hashUrl('patient', {id: study.patient_id, issuer: study.issuer_of_patient_id || ''});
+  const patientHref = hashUrl('patient', {patientid: study.patient_id, issuer: study.issuer_of_patient_id || ''});
   el.append(
     breadcrumbs([fmtName(study.patient_name) || study.patient_id, patientHref], [study.study_description || t('study.title')]),
     h('h1', {}, study.study_description || t('study.title')),
@@ -33,7 +33,7 @@ export async function render({el, params, navigate, can}) {
       [t('col.study_date'), `${fmtDate(study.study_date)} ${fmtTime(study.study_time)}`],
       [t('col.accession'), study.accession_number],
       [t('key.studyid'), study.study_id],
-      [t('col.modalities'), (study.modalities_in_study || '').replaceAll('\\', ', ')],
+      [t('col.modalities'), fmtList(study.modalities_in_study)],
       [t('key.referringphysicianname'), fmtName(study.referring_physician_name)],
       [t('key.institutionname'), study.institution_name],
       [t('col.counts'), `${study.num_series} / ${study.num_instances}`],
@@ -57,27 +57,31 @@ export async function render({el, params, navigate, can}) {
 }
 
 async function sharesSection(uid) {
-  const box = h('section', {class: 'shares'}, h('h2', {}, t('share.list_title')));
-  let shares;
-  try {
-    shares = (await api('/api/shares')).filter((s) => s.study_instance_uid === uid);
-  } catch (err) {
-    box.append(errorBox(err));
-    return box;
-  }
-  box.append(sharesTable(shares, () => box.replaceWith(h('p', {class: 'muted'}, t('share.revoked')))));
+  const box = h('section', {class: 'shares', id: 'shares'});
+  const fill = async () => {
+    box.replaceChildren(h('h2', {}, t('share.list_title')));
+    try {
+      box.append(sharesTable(await api('/api/shares', {query: {study_uid: uid}}), fill));
+    } catch (err) {
+      box.append(errorBox(err));
+    }
+  };
+  await fill();
+  box.addEventListener('pacsbox:shared', fill);
   return box;
 }
 
 export function sharesTable(shares, onRevoked) {
   return table([
-    {label: t('share.link'), value: (s) => s.url || s.token ? h('span', {}, h('a', {href: shareLink(s), target: '_blank', rel: 'noopener'}, t('share.open')), ' ', copyButton(shareLink(s))) : ''},
-    {label: t('share.study'), value: (s) => s.study_instance_uid ? h('a', {href: hashUrl('study', {uid: s.study_instance_uid})}, fmtName(s.patient_name) || s.study_instance_uid) : ''},
+    {label: t('share.study'), value: (s) => h('a', {href: hashUrl('study', {uid: s.study_instance_uid})},
+      [fmtName(s.patient_name) || s.patient_id || s.study_instance_uid, s.study_date ? ` (${fmtDate(s.study_date)})` : ''].join(''))},
+    {label: t('col.description'), value: (s) => s.study_description || ''},
     {label: t('share.created_by'), value: (s) => s.created_by || ''},
-    {label: t('share.created_at'), value: (s) => fmtDateTime(s.created_at)},
-    {label: t('share.expires_at'), value: (s) => fmtDateTime(s.expires_at)},
-    {label: t('share.state'), value: (s) => s.revoked_at ? t('share.revoked') : (s.expires_at && new Date(`${s.expires_at}`.replace(/([^Z])$/, '$1')) < new Date() ? t('share.expired') : t('share.active'))},
-    {label: '', class: 'actions', value: (s) => s.revoked_at ? '' : h('button', {type: 'button', class: 'ghost danger small', onclick: async () => {
+    {label: t('share.created_at'), class: 'nowrap', value: (s) => fmtDateTime(s.created_at)},
+    {label: t('share.expires_at'), class: 'nowrap', value: (s) => fmtDateTime(s.expires_at)},
+    {label: t('share.accesses'), class: 'num', value: (s) => String(s.access_count ?? 0)},
+    {label: t('share.state'), value: (s) => s.revoked_at ? badge(t('share.revoked'), 'bad') : s.active ? badge(t('share.active'), 'ok') : badge(t('share.expired'), 'warn')},
+    {label: '', class: 'actions', value: (s) => s.revoked_at ? '' : h('button', {type: 'button', class: 'ghost danger small', dataset: {action: 'revoke'}, onclick: async () => {
       try {
         await api(`/api/shares/${encodeURIComponent(s.id)}`, {method: 'DELETE'});
         toast(t('share.revoked'), 'ok');
