@@ -30,6 +30,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pacsbox.sendtopacs.worklist import (
+    WorklistConfigError,
     WorklistDevice,
     WorklistError,
     WorklistQuery,
@@ -231,6 +232,25 @@ def test_mwl_errors_are_clear(wlmscp: WlmScp) -> None:
     with pytest.raises(WorklistError, match="more than 2 matches"):
         search(few, WorklistQuery())
     assert echo(wlmscp.device()) == (True, f"C-ECHO WLSCP@127.0.0.1:{wlmscp.port}: success")
+
+
+def test_mwl_failure_status_is_reported(wlmscp: WlmScp) -> None:
+    """The peer's failure status and Error Comment reach the user (an identifier that
+    wlmscpfs refuses: two items in the SPS sequence — search() never sends one)."""
+    from pacsbox.sendtopacs.worklist import MWL_FIND, _Finder, mwl_identifier
+
+    dev = wlmscp.device()
+    ident = mwl_identifier(WorklistQuery(), dev)
+    ident.ScheduledProcedureStepSequence.append(Dataset())
+    finder = _Finder(dev, "SENDTOPACS", MWL_FIND)
+    try:
+        with pytest.raises(WorklistError, match=r"status A900 .*\(More than 1 item in sequence"):
+            list(finder.find(ident))
+    finally:
+        finder.close()
+    # what a user can type is checked before anything goes on the wire
+    with pytest.raises(WorklistConfigError, match="longer than 16"):
+        search(dev, WorklistQuery(station_ae="X" * 17))
 
 
 def test_mwl_time_out_is_reported(tmp_path: Path) -> None:

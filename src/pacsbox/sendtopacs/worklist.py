@@ -256,6 +256,31 @@ class WorklistQuery:
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
 
+    def validate(self) -> WorklistQuery:
+        """Each value must fit its attribute's VR (PS3.5 §6.2; wildcards allowed): raise
+        :class:`WorklistConfigError` naming the first that does not."""
+        checks = (
+            ("patient id", self.patient_id, 64),
+            ("patient name", self.patient_name, 64 * 3 + 2),
+            ("accession number", self.accession_number, 16),
+            ("modality", self.modality, 16),
+            ("station AE", self.station_ae, 16),
+            ("study instance uid", self.study_instance_uid, 64),
+        )
+        for label, value, limit in checks:
+            if len(value) > limit:
+                raise WorklistConfigError(f"search {label}: longer than {limit} characters")
+            if re.search(r"[\x00-\x1f\x7f\\]", value):
+                raise WorklistConfigError(
+                    f"search {label}: control characters and '\\' are not allowed"
+                )
+        if self.modality and not re.fullmatch(r"[A-Z0-9_ *?]+", self.modality):
+            raise WorklistConfigError(f"search modality {self.modality!r}: upper-case CS")
+        if self.study_instance_uid and not re.fullmatch(r"[0-9.]+", self.study_instance_uid):
+            raise WorklistConfigError(f"search study uid {self.study_instance_uid!r}: a UID")
+        date_range(self.date)
+        return self
+
 
 @dataclass
 class WorklistEntry:
@@ -704,8 +729,7 @@ def search(
     them. Raises :class:`WorklistError` (or :class:`WorklistConfigError` for a bad device or
     date) with a readable reason."""
     device.validate()
-    q = query.with_defaults(device)
-    date_range(q.date)  # a bad date is a config error before anything goes on the wire
+    q = query.with_defaults(device).validate()  # nothing invalid goes on the wire
     if device.kind == "http":
         return _search_http(device, q)
     if device.kind == "mwl":
