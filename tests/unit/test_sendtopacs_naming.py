@@ -326,3 +326,11 @@ def test_auto_map_nothing_listening(tmp_path: Path) -> None:
         dev = gone.device()
     (m,) = auto_map(_touch(tmp_path, "WL001_x.jpg"), dev, "{PatientID}_*")
     assert m.status == "error" and "connection refused" in m.message
+
+
+def test_birth_date_field_is_parsed_but_not_searched() -> None:
+    pat = FilenamePattern("{PatientID}_{BirthDate}_*")
+    fields = pat.match("P1_19800101_x.jpg")
+    assert fields == {"PatientID": "P1", "BirthDate": "19800101"}
+    q = query_for(fields, WorklistDevice("wl", "mwl", "WL", "127.0.0.1", 104))
+    assert (q.patient_id, q.patient_name, q.date) == ("P1", "", "")

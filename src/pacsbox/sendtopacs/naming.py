@@ -16,8 +16,9 @@ A pattern is either
   ``re:(?P<PatientID>\\d+)-(?P<PatientName>.+)\\.pdf``.
 
 Fields (case and ``_`` do not matter: ``patient_id`` = ``PatientID``): PatientID, PatientName
-(``LAST^FIRST``), LastName, FirstName, AccessionNumber, StudyDate, Modality,
-StudyInstanceUID.
+(``LAST^FIRST``), LastName, FirstName, BirthDate, AccessionNumber, StudyDate, Modality,
+StudyInstanceUID. (BirthDate is not a search key; it is there for callers that fill patient
+data straight from the name, e.g. a monitored folder without a worklist.)
 
 Which parsed values become search values follows the worklist device's defaults
 ("Fill patient id" / "… patient name", each optionally with a trailing ``*`` wildcard; the
@@ -48,6 +49,7 @@ FIELDS = (
     "PatientName",
     "LastName",
     "FirstName",
+    "BirthDate",
     "AccessionNumber",
     "StudyDate",
     "Modality",
