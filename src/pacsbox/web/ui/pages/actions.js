@@ -3,6 +3,7 @@
 import {api, download} from '../api.js';
 import {field, fmtDateTime, fmtName, h} from '../dom.js';
 import {t} from '../i18n.js';
+import {icon} from '../icons.js';
 import {confirmDialog, dialog, progressBar, toast} from '../widgets.js';
 
 export function viewerUrl(uids) {
@@ -14,19 +15,22 @@ export function studyActions(study, {can, compact = false, onDeleted} = {}) {
   const label = `${fmtName(study.patient_name)} ${study.accession_number || ''}`.trim();
   const cls = compact ? 'icon-btn' : 'ghost';
   const items = [];
-  const btn = (key, icon, onclick, extra = '') => h('button', {type: 'button', class: `${cls} ${extra}`,
-    title: t(key), 'aria-label': `${t(key)}: ${label}`, dataset: {action: key.split('.')[1]}, onclick},
-  compact ? icon : [icon, ' ', t(key)]);
+  const btn = (key, onclick, extra = '') => {
+    const action = key.split('.')[1];
+    return h('button', {type: 'button', class: `${cls} ${extra}`, title: t(key),
+      'aria-label': `${t(key)}: ${label}`, dataset: {action}, onclick},
+    compact ? icon(action) : [icon(action), t(key)]);
+  };
   if (can('view')) {
     items.push(h('a', {class: `${cls} button`, href: viewerUrl(uid), title: t('action.view'),
       'aria-label': `${t('action.view')}: ${label}`, dataset: {action: 'view'}},
-    compact ? '👁' : ['👁 ', t('action.view')]));
+    compact ? icon('view') : [icon('view'), t('action.view')]));
   }
-  if (can('export')) items.push(btn('action.download', '⤓', () => downloadStudy(study)));
-  if (can('forward')) items.push(btn('action.forward', '➜', () => forwardStudy(study)));
-  if (can('share')) items.push(btn('action.share', '🔗', () => shareStudy(study)));
+  if (can('export')) items.push(btn('action.download', () => downloadStudy(study)));
+  if (can('forward')) items.push(btn('action.forward', () => forwardStudy(study)));
+  if (can('share')) items.push(btn('action.share', () => shareStudy(study)));
   if (can('delete')) {
-    items.push(btn('action.delete', '🗑', async () => {
+    items.push(btn('action.delete', async () => {
       if (await deleteStudy(study) && onDeleted) onDeleted();
     }, 'danger'));
   }

@@ -2,6 +2,7 @@
 import {api} from '../api.js';
 import {fmtBytes, fmtName, h, hashUrl} from '../dom.js';
 import {t} from '../i18n.js';
+import {icon} from '../icons.js';
 import {table} from '../widgets.js';
 import {viewerUrl} from './actions.js';
 import {breadcrumbs, details} from './study.js';
@@ -18,13 +19,13 @@ export async function render({el, params, navigate, can}) {
     [study.study_description || t('study.title'), hashUrl('study', {uid: studyUid})],
     [`${series.modality || ''} #${series.series_number ?? ''}`]),
   h('h1', {}, series.series_description || `${t('series.title')} ${series.series_number ?? ''}`),
-  can('view') ? h('div', {class: 'action-bar'}, h('a', {class: 'ghost button', href: viewerUrl(studyUid)}, '👁 ', t('action.view'))) : null,
+  can('view') ? h('div', {class: 'action-bar'}, h('a', {class: 'ghost button', href: viewerUrl(studyUid), dataset: {action: 'view'}}, icon('view'), t('action.view'))) : null,
   details([[t('key.modality'), series.modality], [t('key.seriesnumber'), series.series_number],
     [t('key.bodypartexamined'), series.body_part_examined], [t('series.images_label'), series.num_instances],
     [t('key.seriesinstanceuid'), h('span', {class: 'mono'}, uid)]]),
   table([
     {label: '', class: 'thumb', value: (i) => i.rows ? h('img', {src: `${base}/instances/${encodeURIComponent(i.sop_instance_uid)}/thumbnail`,
-      alt: '', loading: 'lazy', width: 64, height: 64, onerror: (e) => e.target.remove()}) : h('span', {class: 'doc-icon', 'aria-hidden': 'true'}, '📄')},
+      alt: '', loading: 'lazy', width: 64, height: 64, onerror: (e) => e.target.remove()}) : h('span', {class: 'doc-icon'}, icon('document'))},
     {label: t('instance.number'), class: 'num', value: (i) => i.instance_number ?? ''},
     {label: t('instance.sop_class'), value: (i) => sopClassName(i.sop_class_uid)},
     {label: t('instance.size_px'), value: (i) => i.rows ? `${i.columns}×${i.rows}` : ''},
