@@ -12,7 +12,14 @@ The script
    reference it also times what re-encoding would cost (Pillow decode + baseline encode);
 3. converts the MP4 (H.264 remuxed, not re-encoded) and the AVI (transcoded to H.264
    High@4.1 with libx264 "veryfast") and reports MB/s of input and frames/s;
-4. prints a table and writes ``--json FILE`` when asked.
+4. with ``--monitor-files N`` (default 50): the folder monitor's end-to-end latency (SPEC S6)
+   — a ``pacsbox serve`` is started, a watched folder auto-forwards to it, N photos
+   (1280x960 JPEG) are written into the folder one every ``--monitor-gap`` seconds, and for
+   each the time from the writer closing the file to the C-STORE success (pacsbox answers
+   only once the instance is stored and indexed) is taken from the monitor's journal; median
+   and p95, with the stability wait (``--stable``, the time a file must stay unchanged before
+   it is taken) reported separately. ``--only-monitor`` skips steps 2-3;
+5. prints a table and writes ``--json FILE`` when asked.
 
 Each measurement is the median of ``--repeat`` runs. The machine is shared and noisy: compare
 ratios, not absolute numbers.
@@ -152,6 +159,119 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     return results
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def monitor_latency(args: argparse.Namespace) -> dict[str, object]:
+    """File close → stored in pacsbox through the folder monitor (see the module docstring)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from pacsbox.sendtopacs.monitor import MonitorSet
+    from pacsbox.sendtopacs.settings import Device, Settings
+
+    tmp = Path(tempfile.mkdtemp(prefix="stp-monitor-bench-"))
+    port = _free_port()
+    data = tmp / "pacs"
+    data.mkdir()
+    config = tmp / "pacsbox.toml"
+    config.write_text("# bench\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACSBOX_")}
+    env.update(
+        PACSBOX_CONFIG=str(config),
+        PACSBOX_DATA_DIR=str(data),
+        PACSBOX_BIND_ADDRESS="127.0.0.1",
+        PACSBOX_DICOM_PORT=str(port),
+        PACSBOX_HTTP_PORT="0",
+        PACSBOX_HL7_PORT="0",
+        PACSBOX_DICOM_TLS_PORT="0",
+        PACSBOX_PERMISSIVE_AES="true",
+        PACSBOX_PERMISSIVE_AES_ENABLED="true",
+    )
+    log = open(tmp / "serve.log", "wb")  # noqa: SIM115 - the child writes it
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("pacsbox")), "serve"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    monitors = None
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if b"Ready." in (tmp / "serve.log").read_bytes():
+                with socket.socket() as sock:
+                    if sock.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((tmp / "serve.log").read_text()[-2000:])
+            time.sleep(0.1)
+        watched = tmp / "in"
+        watched.mkdir()
+        settings = Settings(
+            devices=[Device("pacs", "PACSBOX", "127.0.0.1", port, default=True)],
+            monitors=[
+                {
+                    "path": str(watched),
+                    "failed_dir": str(tmp / "failed"),
+                    "method": "events",
+                    "stable_seconds": args.stable,
+                    "patient": {"patient_id": "BENCH", "last_name": "Monitor"},
+                }
+            ],
+        )
+        monitors = MonitorSet(settings, tmp / "state", tick=0.05)
+        monitors.start()
+        rng = np.random.default_rng(3)
+        photo = io.BytesIO()
+        pixels = rng.integers(0, 255, (960, 1280, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(photo, "JPEG", quality=85)
+        closed: dict[str, float] = {}
+        for i in range(args.monitor_files):
+            path = watched / f"photo{i:03d}.jpg"
+            with open(path, "wb") as fh:
+                fh.write(photo.getvalue())
+            closed[str(path)] = time.time()
+            time.sleep(args.monitor_gap)
+        deadline = time.monotonic() + 120 + args.monitor_files * 2
+        while monitors.journal.counts().get("done", 0) < args.monitor_files:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not all sent: {monitors.journal.counts()}")
+            time.sleep(0.1)
+        rows = monitors.journal.recent(args.monitor_files * 2)
+        lat = sorted(r["updated"] - closed[r["path"]] for r in rows if r["state"] == "done")
+        p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
+        return {
+            "monitor_files": len(lat),
+            "monitor_file_kb": round(len(photo.getvalue()) / 1024),
+            "monitor_gap_s": args.monitor_gap,
+            "monitor_stable_s": args.stable,
+            "monitor_latency_median_s": round(statistics.median(lat), 3),
+            "monitor_latency_p95_s": round(p95, 3),
+            "monitor_latency_max_s": round(lat[-1], 3),
+            "monitor_overhead_median_s": round(statistics.median(lat) - args.stable, 3),
+        }
+    finally:
+        if monitors is not None:
+            monitors.stop()
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
@@ -159,8 +279,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="video length (default 10)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--monitor-files", type=int, default=50, help="0 = skip the monitor")
+    parser.add_argument("--monitor-gap", type=float, default=0.2, help="seconds between files")
+    parser.add_argument("--stable", type=float, default=1.0, help="monitor stability wait")
+    parser.add_argument("--only-monitor", action="store_true")
     args = parser.parse_args()
-    results = run(args)
+    results = {} if args.only_monitor else run(args)
+    if args.monitor_files:
+        results.update(monitor_latency(args))
     width = max(map(len, results))
     for key, value in results.items():
         print(f"{key:<{width}}  {value}")
