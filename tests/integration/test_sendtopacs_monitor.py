@@ -409,6 +409,20 @@ def test_add_to_list_mode(tmp_path: Path) -> None:
         monitors.stop()
 
 
+def test_journal_forgets_old_finished_files(tmp_path: Path) -> None:
+    from pacsbox.sendtopacs.monitor import Journal
+
+    j = Journal(tmp_path / "j.sqlite")
+    old = j.add("/f", "/f/a", 1, 1, "x")
+    j.set_state(old, "done", updated=time.time() - 40 * 86400)
+    j.add("/f", "/f/b", 1, 1, "y")  # unfinished: kept whatever its age
+    recent = j.add("/f", "/f/c", 1, 1, "z")
+    j.set_state(recent, "failed", "r")
+    assert j.prune(30) == 1
+    assert sorted(r["path"] for r in j.recent()) == ["/f/b", "/f/c"]
+    j.close()
+
+
 def test_open_for_writing_and_config_checks(tmp_path: Path) -> None:
     path = tmp_path / "f.bin"
     with open(path, "wb") as fh:

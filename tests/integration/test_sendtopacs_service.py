@@ -244,6 +244,7 @@ def test_one_instance_per_machine(tmp_path: Path) -> None:
         first.terminate()
         first.wait(20)
     assert first.returncode == 0
+    assert not (tmp_path / "state" / "temp").exists()  # clean_temp_on_exit (the default)
     # the lock went with it: a new one starts
     again = subprocess.Popen(
         [*cmd, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -319,7 +319,7 @@ class Journal:
 
     def set_state(self, file_id: int, state: str, reason: str | None = None, **extra: Any) -> None:
         sets = ["state = ?", "updated = ?"]
-        args: list[Any] = [state, time.time()]
+        args: list[Any] = [state, extra.pop("updated", None) or time.time()]
         if reason is not None:
             sets.append("reason = ?")
             args.append(reason)
@@ -386,6 +386,22 @@ class Journal:
             )
             keys = ("id", "folder", "path", "state", "attempts", "reason", "updated", "latency")
             return [dict(zip(keys, r, strict=True)) for r in cur.fetchall()]
+
+    def prune(self, keep_days: float = 30.0) -> int:
+        """Forget finished files (done, failed, gone) older than ``keep_days``."""
+        cutoff = time.time() - keep_days * 86400
+        with self.tx() as db:
+            ids = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM files WHERE state IN ('done', 'failed', 'gone') "
+                    "AND updated < ?",
+                    (cutoff,),
+                )
+            ]
+            db.executemany("DELETE FROM objects WHERE file_id = ?", [(i,) for i in ids])
+            db.executemany("DELETE FROM files WHERE id = ?", [(i,) for i in ids])
+        return len(ids)
 
     def latencies(self) -> list[float]:
         with self._lock:
@@ -1039,10 +1055,12 @@ class MonitorSet:
         on_list: Callable[[Path], None] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         tick: float = 0.25,
+        keep_days: float = 30.0,
     ) -> None:
         self.settings = settings
         self.state_dir = state_dir
         self.journal = Journal(state_dir / "monitor.sqlite")
+        self.journal.prune(keep_days)
         configs = parse_monitors(settings.monitors, settings)
         self.monitors = [
             FolderMonitor(c, settings, self.journal, state_dir, on_list, on_event, tick)
