@@ -121,14 +121,42 @@ APP_CONFIG = """/* pacsbox: OHIF configuration, written by scripts/fetch_ohif.py
     httpErrorHandler: function (error) {
       var status = error && error.status;
       if (status === 401) {
-        // not logged in (or the session ended): log in, then come back here
-        window.location.href = '/login?next=' +
-          encodeURIComponent(window.location.pathname + window.location.search);
+        window.pacsboxLogin();  // the session ended: log in again, then come back
         return;
       }
       console.warn('pacsbox: HTTP error', status);
     },
   };
+})();
+"""
+
+
+GUARD_JS = """/* pacsbox: written by scripts/fetch_ohif.py. The viewer's data needs a pacsbox login:
+ * before OHIF starts, ask /api/me (synchronously, so no request of OHIF can raise the
+ * browser's own password dialog) and go to the pacsbox login page when there is no session;
+ * after the login the pacsbox app opens the same studies again (#/viewer). */
+(function () {
+  function next() {
+    var uids = new URLSearchParams(window.location.search).get('StudyInstanceUIDs');
+    return uids ? '#/viewer?studyinstanceuid=' + encodeURIComponent(uids) : '#/list';
+  }
+  window.pacsboxLogin = function (route) {
+    window.location.replace('/#/' + (route || 'login') + '?' +
+      new URLSearchParams({ next: next() }).toString());
+  };
+  try {
+    var xhr = new XMLHttpRequest();
+    xhr.open('GET', '/api/me', false);
+    xhr.setRequestHeader('X-Requested-With', 'pacsbox-ui');
+    xhr.send();
+    if (xhr.status === 401) {
+      window.pacsboxLogin('login');
+    } else if (xhr.status === 200 && JSON.parse(xhr.responseText).user.must_change_password) {
+      window.pacsboxLogin('password');
+    }
+  } catch (e) {
+    console.warn('pacsbox: login check failed', e);
+  }
 })();
 """
 
@@ -280,6 +308,10 @@ def patch(staging: Path) -> dict[str, int]:
         counts["index"] += n
         html = html.replace(old, new)
     html = html.replace("<title>OHIF Viewer</title>", "<title>pacsbox viewer (OHIF)</title>")
+    config_tag = f'<script rel="preload" as="script" src="{BASE}app-config.js"></script>'
+    if config_tag not in html:
+        raise PatchError("index.html: app-config.js script tag not found")
+    html = html.replace(config_tag, f'<script src="{BASE}pacsbox-guard.js"></script>' + config_tag)
     index.write_text(html, encoding="utf-8")
     for css in staging.glob("*.css"):
         counts["css"] += _replace(css, "url(/", f"url({BASE}", minimum=0)
@@ -290,6 +322,7 @@ def patch(staging: Path) -> dict[str, int]:
         if (staging / extra).is_file():
             _replace(staging / extra, '"/assets/', f'"{BASE}assets/', minimum=0)
     (staging / "app-config.js").write_text(APP_CONFIG, encoding="utf-8")
+    (staging / "pacsbox-guard.js").write_text(GUARD_JS, encoding="utf-8")
     return counts
 
 

@@ -157,8 +157,9 @@ def make_sr(text: str = "No acute intracranial abnormality.", **study: str) -> D
     return ds
 
 
-def minimal_pdf(text: str = "pacsbox test PDF") -> bytes:
-    """A valid one-page PDF (PDF 1.4) showing ``text`` (xref offsets computed)."""
+def minimal_pdf(text: str = "pacsbox test PDF", padding: int = 0) -> bytes:
+    """A valid one-page PDF (PDF 1.4) showing ``text`` (xref offsets computed); ``padding``
+    bytes of comment lines make it bigger."""
     stream = f"BT /F1 24 Tf 72 700 Td ({text}) Tj ET".encode("latin-1")
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
@@ -169,6 +170,8 @@ def minimal_pdf(text: str = "pacsbox test PDF") -> bytes:
         b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
     ]
     out = bytearray(b"%PDF-1.4\n")
+    for _ in range(padding // 80):
+        out += b"%" + b"p" * 78 + b"\n"
     offsets = []
     for i, body in enumerate(objects, start=1):
         offsets.append(len(out))

@@ -1,0 +1,278 @@
+"""The OHIF viewer against pacsbox's DICOMweb in headless Chromium (SPEC E5, issue 6 item 3):
+open a 300-image CT series from the URL OHIF and the study list use, time to the first image
+on screen, stack scroll, window/level drag (pixels change), the SR report page, the PDF
+document, and OHIF's own PDF viewport."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydicom.uid import generate_uid
+
+from pacsbox.web.viewer import OHIF_DIR
+from tests.e2e.util import login, shot
+from tests.helpers import make_ct
+from tests.unit.test_sr_report import make_pdf, make_sr, minimal_pdf
+
+N_IMAGES = 300
+SIZE = 512
+
+pytestmark = pytest.mark.skipif(
+    not (OHIF_DIR / "index.html").is_file(), reason="OHIF is not installed: make viewer"
+)
+
+#: runs in every page before its own scripts: records when a viewport canvas first shows
+#: something other than black (performance.now(), ms since the navigation started)
+FIRST_IMAGE_PROBE = """
+(() => {
+  window.__firstImage = null;
+  const probe = () => {
+    if (window.__firstImage !== null) return;
+    for (const c of document.querySelectorAll('canvas.cornerstone-canvas')) {
+      if (!c.width || !c.height) continue;
+      const ctx = c.getContext('2d', {willReadFrequently: true});
+      if (!ctx) continue;
+      const row = ctx.getImageData(0, c.height >> 1, c.width, 1).data;
+      for (let i = 0; i < row.length; i += 4) {
+        if (row[i] > 8 || row[i + 1] > 8 || row[i + 2] > 8) {
+          window.__firstImage = performance.now();
+          return;
+        }
+      }
+    }
+    requestAnimationFrame(probe);
+  };
+  requestAnimationFrame(probe);
+})();
+"""
+
+CANVAS_HASH = """
+() => {
+  const c = document.querySelector('canvas.cornerstone-canvas');
+  if (!c) return null;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let h = 0, lit = 0, sum = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    h = (h * 31 + d[i]) | 0;
+    if (d[i] > 8) lit++;
+    sum += d[i];
+  }
+  return {hash: h, lit, mean: sum / (d.length / 4), w: c.width, h: c.height};
+}
+"""
+
+
+def _phantom(index: int) -> np.ndarray:
+    """A 512x512 CT slice (stored values, intercept -1024): air, a water body, a bone ring and
+    a dense marker that moves with the slice number (so scrolling changes the picture)."""
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    r = np.hypot(x - SIZE / 2, y - SIZE / 2)
+    img = np.zeros((SIZE, SIZE), np.uint16)  # -1024 HU: air
+    img[r < 200] = 1024 + 40  # soft tissue
+    img[(r >= 180) & (r < 200)] = 1024 + 900  # bone
+    angle = 2 * np.pi * index / N_IMAGES
+    mx, my = SIZE / 2 + 120 * np.cos(angle), SIZE / 2 + 120 * np.sin(angle)
+    img[np.hypot(x - mx, y - my) < 25] = 1024 + 300  # contrast-filled marker
+    img += ((x + y + index) % 7).astype(np.uint16)  # noise-like texture
+    return img
+
+
+@pytest.fixture(scope="module")
+def ct_study(pacs: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One 300-image 512x512 CT series (150 MB) stored through POST /api/instances, plus an
+    SR and an encapsulated PDF in a second study of the same patient."""
+    folder = tmp_path_factory.mktemp("ct300")
+    study, series = generate_uid(), generate_uid()
+    paths: list[Path] = []
+    for i in range(N_IMAGES):
+        ds = make_ct(study, series, instance_number=i + 1, patient_id="E2EVIEW")
+        ds.PatientName = "Viewer^Test"
+        ds.StudyDescription = "CT 300 slices"
+        ds.SeriesDescription = "Axial 1mm"
+        ds.Rows = ds.Columns = SIZE
+        ds.BitsStored, ds.HighBit = 12, 11
+        ds.PixelData = _phantom(i).tobytes()
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+        ds.PixelSpacing = [0.7, 0.7]
+        ds.SliceThickness = 1.0
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [-179.2, -179.2, -150.0 + i]
+        ds.SliceLocation = -150.0 + i
+        ds.FrameOfReferenceUID = study + ".1"
+        path = folder / f"ct{i:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    start = time.perf_counter()
+    assert pacs.store(paths)["stored"] == N_IMAGES
+    print(f"\nstored {N_IMAGES} CT images in {time.perf_counter() - start:.1f} s")
+    docs = generate_uid()
+    sr = make_sr(study_uid=docs, patient_id="E2EVIEW", patient_name="Viewer^Test")
+    pdf = make_pdf(
+        minimal_pdf(padding=200_000),  # big enough to be bulk data in the metadata
+        study_uid=docs,
+        patient_id="E2EVIEW",
+        patient_name="Viewer^Test",
+    )
+    pdf.SeriesNumber = 100
+    for ds in (sr, pdf):
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert pacs.store([path])["stored"] == 1
+    return {
+        "study": study,
+        "series": series,
+        "docs": docs,
+        "sr": sr.SOPInstanceUID,
+        "pdf": pdf.SOPInstanceUID,
+    }
+
+
+def _allow_pdf_viewer(page: Any) -> None:
+    """Chromium's built-in PDF viewer loads its own chrome:// resources; the harness aborts
+    every non-local URL, so let those (and only those) through for this page's context."""
+    page.context.route(
+        lambda url: url.startswith(("chrome://", "chrome-extension://")),
+        lambda route: route.continue_(),
+    )
+
+
+def _white_fraction(png: bytes) -> float:
+    """The share of (near) white pixels: a rendered PDF page is white, OHIF is dark."""
+    import io
+
+    from PIL import Image
+
+    gray = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    return float((gray > 240).mean())
+
+
+def _viewport(page: Any) -> Any:
+    return page.locator("canvas.cornerstone-canvas").first
+
+
+def _wait_first_image(page: Any, timeout: float = 90_000) -> float:
+    page.wait_for_function("() => window.__firstImage !== null", timeout=timeout, polling=50)
+    return float(page.evaluate("() => window.__firstImage"))
+
+
+def test_open_ct_time_to_first_image_scroll_window_level(
+    pacs: Any, new_page: Any, ct_study: dict[str, str]
+) -> None:
+    page = new_page()
+    login(page, pacs.url, "admin", pacs.admin_password)
+    page.add_init_script(FIRST_IMAGE_PROBE)
+    url = f"{pacs.url}/viewer/ohif/viewer?StudyInstanceUIDs={ct_study['study']}"
+    wall = time.perf_counter()
+    page.goto(url)
+    cold_ms = _wait_first_image(page)
+    cold_wall = (time.perf_counter() - wall) * 1000
+    shot(page, "viewer-ct-first-image")
+    # the same study again in the same browser (static files cached, as after a click in
+    # the study list)
+    wall = time.perf_counter()
+    page.goto(url)
+    warm_ms = _wait_first_image(page)
+    warm_wall = (time.perf_counter() - wall) * 1000
+    print(
+        f"\nVIEWER first image, {N_IMAGES}-image {SIZE}x{SIZE} CT: cold (empty browser cache)"
+        f" {cold_ms:.0f} ms in page ({cold_wall:.0f} ms wall); warm {warm_ms:.0f} ms in page"
+        f" ({warm_wall:.0f} ms wall)"
+    )
+    canvas = _viewport(page)
+    canvas.wait_for()
+    page.wait_for_timeout(500)  # let the first render settle
+    first = page.evaluate(CANVAS_HASH)
+    assert first and first["lit"] > 1000, first
+    # the overlay shows the window of the data set
+    overlay = " ".join(page.locator("body").inner_text().split())
+    assert "W: 400 L: 40" in overlay, overlay[-2000:]
+    assert f"(1/{N_IMAGES})" in overlay
+    shot(page, "viewer-ct-loaded")
+
+    # stack scroll: the mouse wheel moves through the slices; the picture changes
+    box = canvas.bounding_box()
+    assert box is not None
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx, cy)
+    for _ in range(20):
+        page.mouse.wheel(0, 120)
+        page.wait_for_timeout(30)
+    page.wait_for_function(
+        f"() => {{ const r = ({CANVAS_HASH})(); return r && r.hash !== {first['hash']}; }}",
+        timeout=15_000,
+    )
+    scrolled = page.evaluate(CANVAS_HASH)
+    assert scrolled["hash"] != first["hash"]
+    shot(page, "viewer-ct-scrolled")
+
+    # window/level: a left-button drag changes the window; the pixels change
+    before = page.screenshot(clip=box)
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(cx + 15 * step, cy + 10 * step)
+        page.wait_for_timeout(20)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+    after = page.screenshot(clip=box)
+    assert hashlib.sha256(before).digest() != hashlib.sha256(after).digest()
+    levelled = page.evaluate(CANVAS_HASH)
+    assert abs(levelled["mean"] - scrolled["mean"]) > 2, (scrolled, levelled)
+    assert "W: 400 L: 40" not in " ".join(page.locator("body").inner_text().split())
+    shot(page, "viewer-ct-window-level")
+
+
+def test_sr_report_page(pacs: Any, new_page: Any, ct_study: dict[str, str]) -> None:
+    page = new_page()
+    login(page, pacs.url, "admin", pacs.admin_password)
+    page.goto(f"{pacs.url}/api/instances/{ct_study['sr']}/report")
+    body = page.locator("body").inner_text()
+    assert "Diagnostic Imaging Report" in body
+    assert "No acute intracranial abnormality." in body
+    assert "Lesion diameter: 12.5 mm" in body
+    assert page.evaluate("() => window.__pwned === undefined")
+    shot(page, "viewer-sr-report", full_page=True)
+
+
+def test_pdf_document(pacs: Any, new_page: Any, ct_study: dict[str, str]) -> None:
+    """GET /api/instances/{uid}/document opens in the browser's PDF viewer."""
+    page = new_page()
+    _allow_pdf_viewer(page)
+    login(page, pacs.url, "admin", pacs.admin_password)
+    response = page.goto(f"{pacs.url}/api/instances/{ct_study['pdf']}/document")
+    assert response is not None and response.status == 200
+    assert response.headers["content-type"] == "application/pdf"
+    assert response.headers["content-disposition"].startswith("inline")
+    deadline = time.monotonic() + 30
+    while _white_fraction(page.screenshot()) < 0.3 and time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+    assert _white_fraction(page.screenshot()) >= 0.3  # the white page is drawn
+    shot(page, "viewer-pdf-document")
+
+
+def test_ohif_shows_the_pdf(pacs: Any, new_page: Any, ct_study: dict[str, str]) -> None:
+    """OHIF's dicom-pdf extension (default mode) shows the encapsulated PDF in its viewport:
+    it fetches the document through WADO-RS bulk data and hands it to the PDF viewer."""
+    page = new_page()
+    _allow_pdf_viewer(page)
+    login(page, pacs.url, "admin", pacs.admin_password)
+    requests: list[str] = []
+    page.on("requestfinished", lambda r: requests.append(r.url))
+    page.goto(f"{pacs.url}/viewer/ohif/viewer?StudyInstanceUIDs={ct_study['docs']}")
+    pdf = page.locator("object[type='application/pdf']").first
+    pdf.wait_for(timeout=60_000)
+    assert (pdf.get_attribute("data") or "").startswith("blob:")
+    box = pdf.bounding_box()
+    assert box is not None
+    deadline = time.monotonic() + 30
+    while _white_fraction(page.screenshot(clip=box)) < 0.3 and time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+    assert _white_fraction(page.screenshot(clip=box)) >= 0.3
+    assert any(u.endswith(f"/instances/{ct_study['pdf']}/bulkdata/00420011") for u in requests)
+    shot(page, "viewer-ohif-pdf")
