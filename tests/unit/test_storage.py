@@ -137,3 +137,59 @@ def test_file_meta_is_valid_part10(tmp_path: Path) -> None:
     assert back.file_meta.SourceApplicationEntityTitle == "MOD1"
     assert back.file_meta.FileMetaInformationGroupLength == len(meta) - 132 - 12
     assert back.SOPInstanceUID == ds.SOPInstanceUID
+
+
+# -- group commit of directory fsyncs -----------------------------------------------------
+def test_dir_sync_group_covers_every_caller_with_fewer_syncs() -> None:
+    import threading
+    import time
+
+    from pacsbox.archive.storage import DirSyncGroup
+
+    lock = threading.Lock()
+    started: list[float] = []  # start time of each fsync
+    finished: list[float] = []
+
+    def slow_fsync(_directory: str) -> None:
+        with lock:
+            started.append(time.monotonic())
+        time.sleep(0.02)
+        with lock:
+            finished.append(time.monotonic())
+
+    group = DirSyncGroup(slow_fsync)
+    calls: list[tuple[float, float]] = []
+
+    def caller() -> None:
+        for _ in range(5):
+            t0 = time.monotonic()
+            group.sync("/d")
+            with lock:
+                calls.append((t0, time.monotonic()))
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 40
+    assert group.syncs == len(started) < 40  # grouped
+    spans = list(zip(started, finished, strict=True))
+    for t0, t1 in calls:  # some fsync started after the call began and ended before it returned
+        assert any(t0 <= s and f <= t1 for s, f in spans), (t0, t1)
+
+
+def test_dir_sync_group_error_reaches_the_thread_and_others_retry() -> None:
+    from pacsbox.archive.storage import DirSyncGroup
+
+    failures = [OSError(5, "I/O error")]
+
+    def flaky(_directory: str) -> None:
+        if failures:
+            raise failures.pop()
+
+    group = DirSyncGroup(flaky)
+    with pytest.raises(OSError):
+        group.sync("/d")
+    group.sync("/d")  # the next one runs its own fsync
+    assert group.syncs == 1
