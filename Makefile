@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= pacsbox.toml
 
-.PHONY: run test lint venv clean
+.PHONY: run test lint venv viewer clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pacsbox needs Python >= 3.11")'
@@ -15,19 +15,26 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+## viewer: download (pinned, verified, cached in ~/.cache/pacsbox), slim and install OHIF
+## into src/pacsbox/web/static/ohif/; a no-op when already installed
+viewer: $(STAMP)
+	$(BIN)/python scripts/fetch_ohif.py
+
 ## run: create .venv, install, initialise ./pacsbox.toml + ./data, start the listeners
 run: $(STAMP)
+	-$(BIN)/python scripts/fetch_ohif.py
 	$(BIN)/pacsbox init --config $(CONFIG)
 	exec $(BIN)/pacsbox serve --config $(CONFIG)
 
 ## test: install what the tests need and run the whole suite (ruff first)
 test: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	-$(BIN)/python scripts/fetch_ohif.py
+	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 
 clean:
 	rm -rf $(VENV) build *.egg-info
