@@ -378,6 +378,25 @@ def test_success_folder_and_tag_updates(tmp_path: Path, make_server) -> None:
     assert desc == "CT - test"
 
 
+def test_duplicate_rejected_counts_as_stored(tmp_path: Path, make_server) -> None:
+    """An archive rejecting duplicates answers 0111 to the resend of an instance it has (what
+    a resend after a crash looks like): the file is done, not failed."""
+    server = make_server(PACSBOX_DUPLICATE_POLICY="reject", **PERMISSIVE)
+    settings_path, watched, failed, state = settings_file(tmp_path, server.port)
+    from pacsbox.sendtopacs.settings import load
+
+    ds = make_ct()
+    monitors = MonitorSet(load(settings_path), state, tick=0.1)
+    monitors.start()
+    try:
+        for i in (1, 2):
+            ds.save_as(watched / f"same{i}.dcm", enforce_file_format=True)
+            wait_until(lambda i=i: monitors.journal.counts().get("done") == i, 20, f"{i} done")
+    finally:
+        monitors.stop()
+    assert not failed.exists() and stored_uids(server) == [str(ds.SOPInstanceUID)]
+
+
 def test_add_to_list_mode(tmp_path: Path) -> None:
     watched = tmp_path / "in"
     watched.mkdir()

@@ -830,7 +830,10 @@ class FolderMonitor:
 
         def progress(res: ItemResult) -> None:
             row, n = owner[res.label]
-            if res.ok:
+            # 0111 duplicate SOP instance (PS3.4 §B.2.3, an archive with a "reject duplicates"
+            # policy): the instance is there already — the resend after a crash of one whose
+            # response was not recorded. It counts as stored.
+            if res.ok or res.status == 0x0111:
                 self.journal.mark_sent(row.id, n)
             else:
                 errors.setdefault(row.id, res.message)
