@@ -379,3 +379,44 @@ def test_send_failure_reason_per_file(tmp_path: Path, client_for) -> None:
     assert job["state"] == "failed"
     assert "connection refused" in job["files"][0]["message"]
     assert client.get("/api/files").json()[0]["state"] == "failed"  # failures stay listed
+
+
+def test_dicom_files_get_the_settings_tag_updates(tmp_path: Path, client_for, make_server) -> None:
+    from sqlalchemy import select
+
+    from pacsbox.archive.index.models import Study
+    from tests.helpers import make_ct
+
+    server = make_server(PACSBOX_PERMISSIVE_AES="true", PACSBOX_PERMISSIVE_AES_ENABLED="true")
+    settings = write_settings(tmp_path)
+    data = json.loads(settings.read_text())
+    data["tag_updates"] = [
+        {"tag": "StudyDescription", "value": "{Modality} via API", "create": True}
+    ]
+    data["devices"] = [
+        {"name": "p", "ae_title": "PACSBOX", "host": "127.0.0.1", "port": server.port}
+    ]
+    settings.write_text(json.dumps(data))
+    client = client_for(settings)
+    ds = make_ct()
+    ds.save_as(tmp_path / "ct.dcm", enforce_file_format=True)
+    (tmp_path / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff")
+    added = client.post(
+        "/api/files/paths", json={"paths": [str(tmp_path / "ct.dcm"), str(tmp_path / "broken.dcm")]}
+    ).json()["added"]
+    assert [f["dicom"] for f in added] == [True, True]
+    r = client.post("/api/send", json={"files": [f["id"] for f in added]})
+    assert r.status_code == 202, r.text  # DICOM only: no patient data needed
+    job = _wait_job(client, r.json()["id"])
+    states = {f["name"]: f for f in job["files"]}
+    assert states["ct.dcm"]["state"] == "sent"
+    assert states["broken.dcm"]["state"] == "failed" and states["broken.dcm"]["message"]
+    assert any("1 attribute(s) updated" in line for line in job["log"])
+    arch = open_server_archive(server)
+    try:
+        with arch.engine.connect() as conn:
+            desc = conn.execute(select(Study.__table__.c.study_description)).scalar_one()
+    finally:
+        arch.engine.dispose()
+    assert desc == "CT via API"
+    assert (tmp_path / "ct.dcm").read_bytes()[128:132] == b"DICM"  # the source is untouched

@@ -524,10 +524,15 @@ class ServiceState:
                 item.state, item.message = state, message
 
     def _run_job(self, job: Job, params: dict[str, Any]) -> None:
+        from pydicom import dcmread
+        from pydicom.errors import InvalidDicomError
+
         from pacsbox.sendtopacs.convert import Converter, ConvertError
         from pacsbox.sendtopacs.send import ItemResult, SendItem, send_items
+        from pacsbox.sendtopacs.tagupdate import apply_updates, parse_updates
 
         settings = self.settings
+        updates = parse_updates(settings.tag_updates) if settings.tag_updates else []
         device: Device | None = params.get("device_obj")
         patient = params.get("patient")
         out_dir = self.temp_dir / "jobs" / job.id
@@ -549,7 +554,16 @@ class ServiceState:
                     if job.kind == "convert":
                         jf.state, jf.message = "failed", "already DICOM (nothing to convert)"
                         continue
-                    si = SendItem.from_file(path)
+                    if updates:  # the settings' tag update patterns (SPEC S3)
+                        ds = dcmread(path)
+                        if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+                            raise ValueError("not a DICOM Part-10 file (no SOP Class/Instance UID)")
+                        changes = apply_updates(ds, updates)
+                        si = SendItem.from_dataset(f"{jf.file_id}:0", ds)
+                        if changes:
+                            job.note(f"{jf.name}: {len(changes)} attribute(s) updated")
+                    else:
+                        si = SendItem.from_file(path)
                     si.label = f"{jf.file_id}:0"
                     jf.objects = [{"sop_instance_uid": si.sop_instance_uid}]
                     items.append(si)
@@ -580,7 +594,7 @@ class ServiceState:
                     if job.kind == "convert":
                         jf.state, jf.done = "converted", jf.total
                         self._set_file(jf.file_id, "converted")
-            except (ConvertError, OSError, ValueError) as exc:
+            except (ConvertError, OSError, ValueError, InvalidDicomError, AttributeError) as exc:
                 jf.state, jf.message = "failed", str(exc)
                 self._set_file(jf.file_id, "failed", str(exc))
                 job.note(f"{jf.name}: {exc}")
