@@ -5,6 +5,7 @@ confirmation dialog. Screenshots of the main pages go to tests/e2e/artifacts/.""
 
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -352,3 +353,66 @@ def test_admin_pages_render(pacs: Any, new_page: Any, studies: dict[str, str]) -
     assert page.locator("tbody tr").count() >= 1
     assert set(page.locator("tbody tr td:nth-child(3)").all_inner_texts()) == {"login"}
     shot(page, "ui-audit")
+
+
+def test_settings_users_language_and_viewer_link(
+    pacs: Any, new_page: Any, studies: dict[str, str]
+) -> None:
+    page = _logged_in_page(pacs, new_page)
+    # a runtime setting changes through PATCH /api/settings
+    _goto_hash(page, "#/settings")
+    box = page.locator("tr[data-key=pn_case_insensitive] input[type=checkbox]")
+    before = box.is_checked()
+    box.set_checked(not before)
+    page.click("form.settings button[type=submit]")
+    page.locator(".toast.ok", has_text="pn_case_insensitive").wait_for()
+    assert pacs.api.get("/api/settings").json()["pn_case_insensitive"] is (not before)
+    pacs.api.patch("/api/settings", json={"pn_case_insensitive": before})
+    # a user added through the dialog
+    _goto_hash(page, "#/users")
+    page.click(".page-head button.primary")
+    inputs = page.locator("dialog[open] input")
+    inputs.nth(0).fill("uitech")
+    inputs.nth(1).fill("Tech Person")
+    page.select_option("dialog[open] select", "technician")
+    page.fill("dialog[open] input[type=password]", "tech-pass-1234")
+    page.click("dialog[open] button.primary")
+    page.locator("dialog[open]").wait_for(state="detached")
+    user = pacs.api.get("/api/users/uitech").json()
+    assert user["role"] == "technician" and user["must_change_password"] is True
+    # Italian: the whole shell switches, and stays after a reload
+    page.select_option("#lang", "it")
+    page.wait_for_function("() => document.documentElement.lang === 'it'")
+    _goto_hash(page, "#/list?accessionnumber=OP*")
+    assert page.inner_text("#nav a[data-route=list]") == "Studi"
+    assert "5 studi" in page.inner_text(".results .total")
+    assert "NOME PAZIENTE" in page.inner_text(".results thead").upper()
+    shot(page, "ui-study-list-it")
+    page.reload()
+    _ready(page)
+    assert page.inner_text("#nav a[data-route=list]") == "Studi"
+    page.select_option("#lang", "en")
+    page.wait_for_function("() => document.documentElement.lang === 'en'")
+    # the viewer route: a study UID goes straight to OHIF; a search resolves through the list
+    _goto_hash(page, "#/list?patientid=P200")
+    href = page.get_attribute(".results [data-action=view]", "href")
+    assert href == f"/viewer/ohif/viewer?StudyInstanceUIDs={studies['P200']}"
+    page.evaluate("location.hash = '#/viewer?patientid=P100&patientid=P200'")
+    page.wait_for_url(re.compile(r"/viewer/ohif/viewer\?StudyInstanceUIDs="))
+    shown = page.url.split("StudyInstanceUIDs=")[1].split(",")
+    assert sorted(shown) == sorted([studies["P100"], studies["P200"]])
+    page.goto(f"{pacs.url}/#/viewer?accessionnumber=NOPE")
+    _ready(page)
+    assert "No study matches" in page.inner_text("main")
+
+
+def test_tablet_layout(pacs: Any, new_page: Any, studies: dict[str, str]) -> None:
+    """A tablet-sized window: the menu stays reachable and the table scrolls inside its box."""
+    page = new_page(viewport={"width": 820, "height": 1180}, has_touch=True)
+    login(page, pacs.url, "admin", pacs.admin_password)
+    page.goto(f"{pacs.url}/#/list?accessionnumber=OP*")
+    _ready(page)
+    assert page.locator("#nav a[data-route=list]").is_visible()
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 820  # no page-wide horizontal scrolling; the table wrapper scrolls
+    shot(page, "ui-study-list-tablet")
