@@ -242,6 +242,17 @@ def test_study_list_sorting_and_paging(pacs: Any, new_page: Any, studies: dict[s
         "P500",
         "P400",
     ]
+    # every sortable column is a sort key the server knows
+    headers = page.locator(".results th button.sort")
+    assert headers.count() == 11
+    for i in range(headers.count()):
+        _goto_hash(page, "#/list?accessionnumber=OP*")
+        label = headers.nth(i).inner_text()
+        headers.nth(i).click()
+        page.wait_for_function("() => location.hash.includes('sort=')")
+        _ready(page)
+        assert page.locator(".error-box").count() == 0, (label, page.inner_text("main"))
+        assert page.get_attribute(".results .total", "data-total") == "5", label
 
 
 # -- drill-down --------------------------------------------------------------------------------

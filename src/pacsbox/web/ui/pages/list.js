@@ -77,12 +77,12 @@ export async function render({el, params, navigate, can}) {
     {label: t('col.sex'), sort: 'patientsex', value: (r) => r.patient_sex || ''},
     {label: t('col.study_date'), sort: 'studydate', class: 'nowrap',
       value: (r) => `${fmtDate(r.study_date)} ${fmtTime(r.study_time)}`.trim()},
-    {label: t('col.modalities'), value: (r) => fmtList(r.modalities_in_study)},
+    {label: t('col.modalities'), sort: 'modalitiesinstudy', value: (r) => fmtList(r.modalities_in_study)},
     {label: t('col.description'), sort: 'studydescription', value: (r) => r.study_description || ''},
     {label: t('col.accession'), sort: 'accessionnumber', value: (r) => r.accession_number || ''},
-    {label: t('col.counts'), class: 'num', value: (r) => `${r.num_series ?? ''} / ${r.num_instances ?? ''}`},
+    {label: t('col.counts'), sort: 'numinstances', class: 'num', value: (r) => `${r.num_series ?? ''} / ${r.num_instances ?? ''}`},
     {label: t('col.source_ae'), sort: 'sourceae', value: (r) => r.source_ae || ''},
-    {label: t('col.received'), sort: 'receiveddate', class: 'nowrap', value: (r) => fmtDateTime(r.received_at)},
+    {label: t('col.received'), sort: 'receivedat', class: 'nowrap', value: (r) => fmtDateTime(r.received_at)},
     {label: '', class: 'actions', value: (r) => studyActions(r, {can, compact: true, onDeleted: () => go({offset})})},
   ];
   results.append(
