@@ -409,7 +409,7 @@ background:#000;color:#6b7785;margin-bottom:.2rem}}
 main{{flex:1;display:flex;flex-direction:column;min-width:0}}
 #stage{{flex:1;display:flex;align-items:center;justify-content:center;background:#000;
 min-height:0}}
-#view{{max-width:100%;max-height:100%;object-fit:contain}}
+#view{{width:100%;height:100%;object-fit:contain}}#view:not([src]){{visibility:hidden}}
 #bar{{display:flex;gap:.6rem;align-items:center;padding:.4rem .8rem;background:#171b21}}
 #bar button{{background:#334155;color:#fff;border:0;border-radius:4px;padding:.3rem .7rem;
 cursor:pointer}}
