@@ -537,3 +537,19 @@ def test_cli_search_replace_worklist_info_tag_updates_worklist_only(
     )
     assert res.returncode == 2 and "worklist only (wl)" in res.stdout + res.stderr
     assert len(scp.received()) == 1
+
+
+def test_auto_map_batch_uses_one_association(wlmscp: WlmScp, tmp_path: Path) -> None:
+    from pacsbox.sendtopacs.naming import auto_map
+
+    names = ["WL001_Muster_1.jpg", "WL002_Muster_1.jpg", "WL004_Müller_1.jpg", "WL009_No_1.jpg"]
+    files = []
+    for n in names:
+        (tmp_path / n).write_bytes(b"\xff\xd8\xff\xe0")
+        files.append(tmp_path / n)
+    before = wlmscp.log.read_text(errors="replace").count("Association Received")
+    res = auto_map(files, wlmscp.device(), "{PatientID}_{LastName}_*.jpg")
+    assert [m.status for m in res] == ["mapped", "mapped", "mapped", "choose"]
+    assert [m.entry.patient.accession_number for m in res[:3]] == ["ACC100", "ACC200", "ACC400"]
+    log = wlmscp.log.read_text(errors="replace")
+    assert log.count("Association Received") - before == 1, log[-3000:]

@@ -41,7 +41,7 @@ from pacsbox.sendtopacs.worklist import (
     WorklistEntry,
     WorklistError,
     WorklistQuery,
-    search,
+    WorklistSession,
 )
 
 FIELDS = (
@@ -232,19 +232,36 @@ def auto_map(
     DICOM files give their own Patient ID / Name. Each distinct search is
     sent once. A file is ``mapped`` when its search returns exactly one entry and that entry
     has no invalid value; otherwise it is ``choose`` with the candidates (or ``error`` with
-    the reason the search failed). ``search_fn`` replaces :func:`worklist.search` (the
-    service passes its own, e.g. to share a cache)."""
+    the reason the search failed). The searches share one association (a
+    :class:`worklist.WorklistSession`); ``search_fn`` replaces them (the service may pass its
+    own, e.g. to share a cache)."""
     compiled = (
         pattern
         if isinstance(pattern, FilenamePattern) or pattern is None
         else FilenamePattern(pattern)
     )
     device.validate()
+    session = WorklistSession(device, calling)
+    try:
+        return _auto_map(files, device, compiled, use_dicom, search_fn or _by(session))
+    finally:
+        session.close()
 
-    def default_search(dev: WorklistDevice, q: WorklistQuery) -> list[WorklistEntry]:
-        return search(dev, q, calling)
 
-    run = search_fn or default_search
+def _by(session: WorklistSession) -> SearchFn:
+    def run(_device: WorklistDevice, query: WorklistQuery) -> list[WorklistEntry]:
+        return session.search(query)
+
+    return run
+
+
+def _auto_map(
+    files: Iterable[Path],
+    device: WorklistDevice,
+    compiled: FilenamePattern | None,
+    use_dicom: bool,
+    run: SearchFn,
+) -> list[FileMapping]:
     cache: dict[tuple[str, ...], list[WorklistEntry] | str] = {}
     out: list[FileMapping] = []
     for path in files:

@@ -35,7 +35,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -557,58 +557,52 @@ def _quiet() -> Iterator[None]:
         _config.LOG_RESPONSE_IDENTIFIERS, _config.LOG_HANDLER_LEVEL = saved
 
 
-def _search_mwl(device: WorklistDevice, query: WorklistQuery, calling: str) -> list[Dataset]:
-    finder = _Finder(device, calling, MWL_FIND)
+FinderFn = Callable[[str], "_Finder"]
+
+
+def _search_mwl(
+    device: WorklistDevice, query: WorklistQuery, finder_for: FinderFn
+) -> list[Dataset]:
     found: list[Dataset] = []
-    try:
-        _collect(finder, mwl_identifier(query, device), device.max_results, found)
-    finally:
-        finder.close()
+    _collect(finder_for(MWL_FIND), mwl_identifier(query, device), device.max_results, found)
     return found
 
 
-def _search_qr(device: WorklistDevice, query: WorklistQuery, calling: str) -> list[Dataset]:
+def _search_qr(device: WorklistDevice, query: WorklistQuery, finder_for: FinderFn) -> list[Dataset]:
     root, level = device.root_model, device.level
     exact_pid = bool(query.patient_id) and not re.search(r"[*?\\]", query.patient_id)
+    found: list[Dataset] = []
     if root == "STUDY":
-        finder = _Finder(device, calling, STUDY_ROOT_FIND)
-        found: list[Dataset] = []
-        try:
-            _collect(finder, qr_identifier(query, device, "STUDY"), device.max_results, found)
-        finally:
-            finder.close()
+        ident = qr_identifier(query, device, "STUDY")
+        _collect(finder_for(STUDY_ROOT_FIND), ident, device.max_results, found)
         return found
-    finder = _Finder(device, calling, PATIENT_ROOT_FIND)
-    try:
-        if root == "PATIENT" and level == "PATIENT":
-            found = []
-            _collect(finder, qr_identifier(query, device, "PATIENT"), device.max_results, found)
-            return found
-        if exact_pid and root == "PATIENT":
-            patients = [Dataset()]
-            patients[0].PatientID = query.patient_id
-        else:
-            patients = []
-            _collect(finder, qr_identifier(query, device, "PATIENT"), device.max_results, patients)
-        studies: list[Dataset] = []
-        for pat in patients:
-            pid = _str(pat, "PatientID")
-            if not pid:
-                continue
-            sub = WorklistQuery(**query.as_dict())
-            sub.patient_id = pid
-            sub.patient_name = ""
-            ident = qr_identifier(sub, device, "STUDY")
-            found = []
-            _collect(finder, ident, device.max_results - len(studies), found)
-            for st in found:  # the patient-level answer fills what a study answer left out
-                for kw in ("PatientName", "PatientBirthDate", "PatientSex", "IssuerOfPatientID"):
-                    if not _str(st, kw) and _str(pat, kw):
-                        setattr(st, kw, pat.get(kw))
-            studies.extend(found)
-        return studies
-    finally:
-        finder.close()
+    finder = finder_for(PATIENT_ROOT_FIND)
+    if root == "PATIENT" and level == "PATIENT":
+        _collect(finder, qr_identifier(query, device, "PATIENT"), device.max_results, found)
+        return found
+    if exact_pid and root == "PATIENT":
+        patients = [Dataset()]
+        patients[0].PatientID = query.patient_id
+    else:
+        patients = []
+        _collect(finder, qr_identifier(query, device, "PATIENT"), device.max_results, patients)
+    studies: list[Dataset] = []
+    for pat in patients:
+        pid = _str(pat, "PatientID")
+        if not pid:
+            continue
+        sub = WorklistQuery(**query.as_dict())
+        sub.patient_id = pid
+        sub.patient_name = ""
+        ident = qr_identifier(sub, device, "STUDY")
+        found = []
+        _collect(finder, ident, device.max_results - len(studies), found)
+        for st in found:  # the patient-level answer fills what a study answer left out
+            for kw in ("PatientName", "PatientBirthDate", "PatientSex", "IssuerOfPatientID"):
+                if not _str(st, kw) and _str(pat, kw):
+                    setattr(st, kw, pat.get(kw))
+        studies.extend(found)
+    return studies
 
 
 # -- HTTP JSON ---------------------------------------------------------------------------------
@@ -737,23 +731,62 @@ def _entry_from_json(record: Any, device: WorklistDevice, index: int) -> Worklis
 
 
 # -- public ------------------------------------------------------------------------------------
+class WorklistSession:
+    """Several searches of one device; a DICOM device's searches share one association per
+    information model (opened at the first search, released by :meth:`close`; a search that
+    fails drops its association and the next one opens a new one). Used by
+    :func:`naming.auto_map` so a batch of files costs one association, not one per file."""
+
+    def __init__(self, device: WorklistDevice, calling: str = "SENDTOPACS") -> None:
+        self.device = device.validate()
+        self.calling = calling
+        self._finders: dict[str, _Finder] = {}
+
+    def _finder(self, model: str) -> _Finder:
+        finder = self._finders.get(model)
+        if finder is None or not finder.assoc.is_established:
+            finder = self._finders[model] = _Finder(self.device, self.calling, model)
+        return finder
+
+    def search(self, query: WorklistQuery) -> list[WorklistEntry]:
+        """Like :func:`search`, on this session's association(s)."""
+        device = self.device
+        q = query.with_defaults(device).validate()  # nothing invalid goes on the wire
+        if device.kind == "http":
+            return _search_http(device, q)
+        with _quiet():
+            try:
+                if device.kind == "mwl":
+                    found = _search_mwl(device, q, self._finder)
+                else:
+                    found = _search_qr(device, q, self._finder)
+            except WorklistError:
+                self.close()  # whatever state the association is in, start afresh next time
+                raise
+        return [_entry_from_dataset(ds, device) for ds in found]
+
+    def close(self) -> None:
+        with _quiet():
+            for finder in self._finders.values():
+                finder.close()
+        self._finders.clear()
+
+    def __enter__(self) -> WorklistSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def search(
     device: WorklistDevice, query: WorklistQuery, calling: str = "SENDTOPACS"
 ) -> list[WorklistEntry]:
     """Search ``device`` (its default values fill what ``query`` leaves empty, see
     :meth:`WorklistQuery.with_defaults`) and return the matches in the order the peer sent
-    them. Raises :class:`WorklistError` (or :class:`WorklistConfigError` for a bad device or
-    date) with a readable reason."""
-    device.validate()
-    q = query.with_defaults(device).validate()  # nothing invalid goes on the wire
-    if device.kind == "http":
-        return _search_http(device, q)
-    with _quiet():
-        if device.kind == "mwl":
-            found = _search_mwl(device, q, calling)
-        else:
-            found = _search_qr(device, q, calling)
-    return [_entry_from_dataset(ds, device) for ds in found]
+    them; one association (released at the end). Raises :class:`WorklistError` (or
+    :class:`WorklistConfigError` for a bad device or search value) with a readable reason."""
+    with WorklistSession(device, calling) as session:
+        return session.search(query)
 
 
 def echo(device: WorklistDevice, calling: str = "SENDTOPACS") -> tuple[bool, str]:
