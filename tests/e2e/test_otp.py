@@ -6,6 +6,9 @@ gone from the address bar. The same code in another fresh browser is refused."""
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from tests.e2e.util import shot
+from tests.helpers import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
 
@@ -78,3 +82,40 @@ def test_otp_link_logs_the_browser_in(pacs: Any, new_page: Any) -> None:
     events = pacs.api.get("/api/audit", params={"user": USER}).json()
     assert any(e["action"] == "login" and "one-time" in e["detail"] for e in events), events
     assert any(e["action"] == "login-failed" for e in events), events
+
+
+def test_integrator_script_across_http_workers(make_server: Any) -> None:
+    """scripts/otp_login_example.py against a server with two HTTP worker processes: the key
+    is issued by one process and redeemed by whichever the next connection reaches (the
+    private keys are in the database). Five rounds, each a new connection."""
+    http_port = free_port()
+    server = make_server(
+        name="otp-workers", PACSBOX_HTTP_PORT=str(http_port), PACSBOX_HTTP_WORKERS="2"
+    )
+    added = server.cli("user", "add", USER, "--role", "viewer", "--password", PASSWORD)
+    assert added.returncode == 0, added.stdout + added.stderr
+    script = Path(__file__).resolve().parents[2] / "scripts" / "otp_login_example.py"
+    url = f"http://127.0.0.1:{http_port}"
+    for _ in range(5):
+        run = subprocess.run(
+            [sys.executable, str(script), url, USER, PASSWORD, "--login"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert f"'username': '{USER}'" in run.stdout
+    bad = subprocess.run(
+        [sys.executable, str(script), url, USER, "wrong-password", "--login"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "refused: 401" in bad.stderr
+    link = subprocess.run(
+        [sys.executable, str(script), url, USER, PASSWORD, "--param", "patientid=123"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert link.returncode == 0 and link.stdout.startswith(f"{url}/#/list?patientid=123&code=")
