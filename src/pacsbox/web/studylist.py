@@ -200,7 +200,10 @@ def forward_study(archive: Any, study_uid: str, dest: Any) -> dict[str, Any]:
     selection = RetrieveSelection(
         archive.engine, archive.store.root, RetrieveRequest("STUDY", study_uids=[study_uid])
     )
-    contexts = propose_contexts(selection.sop_classes())
+    pairs = selection.sop_classes()
+    if not pairs:  # deleted meanwhile: nothing to send
+        return {"sent": 0, "failed": 0, "warnings": 0, "errors": []}
+    contexts = propose_contexts(pairs)
     requestor = StorageRequestor(
         dest.host,
         dest.port,
