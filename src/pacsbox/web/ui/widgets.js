@@ -20,7 +20,7 @@ export function errorBox(err) {
  * A modal <dialog>: content is built by build(form); resolves with the value returned by
  * submit(form) (which may throw to keep the dialog open and show the error), or null on cancel.
  */
-export function dialog({title, build, submit, okLabel, danger = false, wide = false}) {
+export function dialog({title, build, submit, okLabel, danger = false, wide = false, info = false}) {
   return new Promise((resolve) => {
     const error = h('p', {class: 'error-box', role: 'alert', hidden: true});
     const form = h('form', {method: 'dialog', class: 'dialog-form'});
@@ -30,7 +30,7 @@ export function dialog({title, build, submit, okLabel, danger = false, wide = fa
     const dlg = h('dialog', {class: wide ? 'wide' : '', 'aria-label': title},
       h('h2', {}, title), form);
     form.append(...[].concat(build ? build(form) : []), error,
-      h('div', {class: 'dialog-actions'}, cancel, ok));
+      h('div', {class: 'dialog-actions'}, info ? null : cancel, ok));
     let result = null;
     cancel.addEventListener('click', () => dlg.close());
     form.addEventListener('submit', async (e) => {

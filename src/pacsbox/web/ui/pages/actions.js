@@ -152,6 +152,7 @@ export async function shareStudy(study, onCreated) {
   const link = shareLink(share);
   await dialog({
     title: t('share.created'),
+    info: true,
     build: () => [h('p', {}, t('share.expires', {at: fmtDateTime(share.expires_at)})),
       h('p', {class: 'muted small'}, t('share.once')),
       h('div', {class: 'share-link'}, h('input', {readonly: true, value: link, class: 'mono', 'aria-label': t('share.link')}),
