@@ -108,6 +108,24 @@ class JsonWorklist:
                 if url.path == "/html":
                     self._send(200, b"<html>login</html>", "text/html")
                     return
+                if url.path == "/deep":
+                    self._send(200, b"[" * 100_000 + b"]" * 100_000)
+                    return
+                if url.path == "/huge":
+                    self._send(200, b'{"data": {"orders": [' + b"0," * 9_000_000 + b"0]}}")
+                    return
+                if url.path == "/ftp":
+                    self.send_response(302)
+                    self.send_header("Location", "ftp://127.0.0.1/orders.json")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if url.path == "/moved":
+                    self.send_response(301)
+                    self.send_header("Location", "/orders?" + url.query)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if url.path == "/slow":
                     time.sleep(3)
                     self._send(200, b"[]")
@@ -311,6 +329,9 @@ def test_auto_map_nothing_to_search_by(his: JsonWorklist, tmp_path: Path) -> Non
         ("/slow", {"timeout": 0.5}, "no answer within 0.5 s"),
         ("/orders", {"auth_header": "Authorization: Bearer wrong"}, "HTTP 401"),
         ("/orders", {"results_path": "data.missing"}, "no list of records at 'data.missing'"),
+        ("/deep", {}, "nested too deeply"),
+        ("/huge", {}, "larger than 16 MiB"),
+        ("/ftp", {}, "redirect to a non-HTTP URL refused"),
     ],
 )
 def test_auto_map_reports_search_errors(
@@ -334,3 +355,15 @@ def test_birth_date_field_is_parsed_but_not_searched() -> None:
     assert fields == {"PatientID": "P1", "BirthDate": "19800101"}
     q = query_for(fields, WorklistDevice("wl", "mwl", "WL", "127.0.0.1", 104))
     assert (q.patient_id, q.patient_name, q.date) == ("P1", "", "")
+
+
+def test_http_redirect_to_http_is_followed(his: JsonWorklist, tmp_path: Path) -> None:
+    (m,) = auto_map(_touch(tmp_path, "WL001_Muster_1.jpg"), his.device("/moved"), "{PatientID}_*")
+    assert m.status == "mapped", m.message
+
+
+def test_http_result_limit(his: JsonWorklist) -> None:
+    from pacsbox.sendtopacs.worklist import WorklistError, WorklistQuery, search
+
+    with pytest.raises(WorklistError, match="more than 1 matches"):
+        search(his.device(max_results=1), WorklistQuery(patient_name="Muster*"))

@@ -622,6 +622,20 @@ def dotted(data: Any, path: str) -> Any:
     return cur
 
 
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to another http(s) URL (urllib would also follow ftp://)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def] # noqa: ANN001, ANN201, PLR0913
+        if urllib.parse.urlsplit(newurl).scheme not in ("http", "https"):
+            raise urllib.error.HTTPError(
+                newurl, code, f"redirect to a non-HTTP URL refused ({msg})", headers, fp
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+
+
 def http_url(device: WorklistDevice, query: WorklistQuery) -> str:
     """The URL template with each placeholder replaced by its URL-quoted value."""
     values = {
@@ -647,7 +661,7 @@ def _search_http(device: WorklistDevice, query: WorklistQuery) -> list[WorklistE
     req = urllib.request.Request(url, headers=headers, method="GET")
     shown = urllib.parse.urlsplit(url)._replace(query="").geturl()
     try:
-        with urllib.request.urlopen(req, timeout=device.timeout) as resp:  # noqa: S310 - http(s) only (validated)
+        with _OPENER.open(req, timeout=device.timeout) as resp:
             raw = resp.read(_MAX_HTTP_BYTES + 1)
     except urllib.error.HTTPError as exc:
         body = exc.read(300).decode("utf-8", "replace").strip()
@@ -676,6 +690,8 @@ def _search_http(device: WorklistDevice, query: WorklistQuery) -> list[WorklistE
         raise WorklistError(f"worklist {device.name}: the answer is larger than 16 MiB")
     try:
         data = json.loads(raw.decode("utf-8-sig"))
+    except RecursionError:
+        raise WorklistError(f"worklist {device.name}: the answer is nested too deeply") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WorklistError(f"worklist {device.name}: the answer is not JSON ({exc})") from None
     records = dotted(data, device.results_path)
