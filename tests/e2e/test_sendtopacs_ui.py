@@ -172,7 +172,7 @@ def test_failure_mark_and_reason(service: str, new_page, tmp_path: Path) -> None
 def test_settings_tabs_and_echo(service: str, new_page) -> None:  # noqa: ANN001
     page = _open(new_page, service)
     page.click("button.nav[data-view=settings]")
-    page.wait_for_selector("#settings-form [name=ae_title]")
+    page.wait_for_selector("body[data-settings='loaded']")
     assert page.input_value("#settings-form [name=ae_title]") == "SENDTOPACS"
     assert "required (user desk)" in page.inner_text("#cred-state")
     tabs = [t.inner_text() for t in page.locator("button.tab").all()]

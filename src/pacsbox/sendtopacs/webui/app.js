@@ -359,6 +359,7 @@ function setPath(obj, path, value) {
 }
 
 async function loadSettings() {
+  delete document.body.dataset.settings;
   const s = await api("GET", "/api/settings");
   state.settings = s;
   const form = $("#settings-form");
@@ -374,6 +375,7 @@ async function loadSettings() {
   $("#dicom-extra").value = JSON.stringify(extra, null, 1);
   $("#cred-state").textContent = s.service.password_set ? `required (user ${s.service.username})` : "not set";
   await loadDevices();
+  document.body.dataset.settings = "loaded";
 }
 
 $("#settings-form").addEventListener("submit", async (ev) => {
