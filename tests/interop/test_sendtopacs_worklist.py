@@ -553,3 +553,48 @@ def test_auto_map_batch_uses_one_association(wlmscp: WlmScp, tmp_path: Path) -> 
     assert [m.entry.patient.accession_number for m in res[:3]] == ["ACC100", "ACC200", "ACC400"]
     log = wlmscp.log.read_text(errors="replace")
     assert log.count("Association Received") - before == 1, log[-3000:]
+
+
+def test_cli_http_worklist_device_and_dicom_mapped_by_its_own_attributes(
+    wlmscp: WlmScp,
+    start_storescp,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    from tests.helpers import make_ct
+    from tests.unit.test_sendtopacs_naming import MAPPING, TOKEN
+
+    config = tmp_path / "stp.json"
+    with JsonWorklist() as his:
+        maps = [a for k, v in MAPPING.items() for a in ("--map", f"{k}={v}")]
+        res = stp(
+            config, "worklist-devices", "add", "his", "--kind", "http",
+            "--url", his.base + "/orders?pid={patient_id}&name={patient_name}",
+            "--auth-header", f"Authorization: {TOKEN}", "--results-path", "data.orders", *maps,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stdout + res.stderr
+        res = stp(config, "worklist", "his", "--patient-name", "Muster*", "--json")
+        assert res.returncode == 0, res.stdout + res.stderr
+        rows = json.loads(res.stdout)
+        assert [r["patient"]["patient_id"] for r in rows] == ["WL001", "WL002"]
+        assert rows[0]["patient"]["birth_date"] == "19800101" and rows[0]["modality"] == "XC"
+        res = stp(config, "worklist-devices", "echo", "his")
+        assert res.returncode == 0 and "HTTP worklist answered" in res.stdout
+    # the server is gone: a clear message and exit 1
+    res = stp(config, "worklist", "his", "--patient-id", "WL001")
+    assert res.returncode == 1 and "connection refused" in res.stdout + res.stderr
+
+    # a DICOM file mapped by its own Patient ID / name and re-mapped (MWL device the default)
+    scp = start_storescp("+xa")
+    add_device(config, "scp", scp.port)
+    args = ["--kind", "mwl", "--aec", "WLSCP", "--host", "127.0.0.1", "--port", str(wlmscp.port)]
+    res = stp(config, "worklist-devices", "add", "wl", *args, "--default")
+    assert res.returncode == 0, res.stdout + res.stderr
+    ct = make_ct(patient_id="WL001", patient_name="Muster")  # the modality typed it short
+    ct.AccessionNumber = ""
+    ct.save_as(tmp_path / "ct.dcm", enforce_file_format=True)
+    res = stp(config, "send", str(tmp_path / "ct.dcm"), "--to", "scp", "--replace-worklist-info")
+    assert res.returncode == 0, res.stdout + res.stderr
+    (got,) = [dcmread(p) for p in scp.received()]
+    assert (str(got.PatientName), got.AccessionNumber) == ("Muster^Anna", "ACC100")
+    assert got.StudyInstanceUID == wlmscp.study_uid
+    assert got.SOPInstanceUID == ct.SOPInstanceUID
