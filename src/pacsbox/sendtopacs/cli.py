@@ -1,6 +1,7 @@
 """The ``sendtopacs`` command line (SPEC S7): ``convert`` non-DICOM files into DICOM,
 ``send`` files to a device (non-DICOM ones converted on the fly, DICOM ones as they are),
-``echo`` a device, and manage ``devices`` in the settings file.
+``echo`` a device, and manage ``devices`` in the settings file. Worklist search, worklist
+devices, patient data from a worklist / the file name and tag updates: ``cli_worklist.py``.
 
 Exit codes: 0 everything worked; 1 at least one file could not be converted or sent (each
 one's reason is printed); 2 invalid arguments, patient data or settings.
