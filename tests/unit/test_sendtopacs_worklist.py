@@ -155,3 +155,42 @@ def test_dotted_and_http_url() -> None:
     ).validate()
     url = http_url(dev, WorklistQuery(patient_id="a&b=c", patient_name="Doe^J*", date="20260101"))
     assert url == "https://his/api?pid=a%26b%3Dc&name=Doe%5EJ%2A&d=20260101"
+
+
+def test_settings_file_worklist_keys(tmp_path) -> None:  # noqa: ANN001 - pytest tmp_path
+    import json
+
+    from pacsbox.sendtopacs.settings import SettingsError, load
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"ae_title": "CAM1", "devices": []}))
+    s = load(old)  # a file written before the worklist keys existed
+    assert s.worklist_devices == [] and s.filename_pattern == "" and s.dicom_mode == "as-is"
+
+    s.add_worklist_device(WorklistDevice("ris", "mwl", "RIS", "10.0.0.7", 104, date="today"))
+    s.add_worklist_device(
+        WorklistDevice(
+            "his", "http", url="https://his/api?pid={patient_id}", mapping={"patient_id": "id"}
+        )
+    )
+    s.filename_pattern = "{PatientID}_*"
+    s.tag_updates = [{"tag": "Modality", "value": "XC", "if_empty": True}]
+    s.save(tmp_path / "new.json")
+    again = load(tmp_path / "new.json")
+    assert [(w.name, w.kind, w.default) for w in again.worklist_devices] == [
+        ("ris", "mwl", True),
+        ("his", "http", False),
+    ]
+    assert again.worklist_device().name == "ris" and again.worklist_device("HIS").kind == "http"
+    assert again.tag_updates == s.tag_updates and again.filename_pattern == "{PatientID}_*"
+
+    for key, value, message in (
+        ("worklist_devices", [{"name": "x", "kind": "mwl", "port": 0}], "AE title"),
+        ("filename_pattern", "{Nope}", "unknown field"),
+        ("tag_updates", [{"tag": "PixelData", "value": "x"}], "cannot be updated"),
+        ("dicom_mode", "sometimes", "as-is or worklist"),
+    ):
+        bad = tmp_path / f"bad_{key}.json"
+        bad.write_text(json.dumps({key: value}))
+        with pytest.raises(SettingsError, match=message):
+            load(bad)
