@@ -427,3 +427,30 @@ def test_tablet_layout(pacs: Any, new_page: Any, studies: dict[str, str]) -> Non
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 820  # no page-wide horizontal scrolling; the table wrapper scrolls
     shot(page, "ui-study-list-tablet")
+
+
+def test_new_arrivals_appear_in_the_list(pacs: Any, new_page: Any, tmp_path: Path) -> None:
+    page = new_page()
+    page.add_init_script("window.pacsboxPollMs = 300")
+    login(page, pacs.url, "admin", pacs.admin_password)
+    page.goto(f"{pacs.url}/#/list?patientid=LIVE1")
+    _ready(page)
+    assert page.locator(".results tbody tr.clickable").count() == 0
+    assert page.locator(".new-arrivals").is_hidden()
+    page.wait_for_timeout(700)  # the poller has its baseline
+    _uid, files = _study_files(tmp_path / "a", "LIVE1", "Live^One", TODAY, "CT", "Live", "L1")
+    pacs.store(files)
+    page.locator(".new-arrivals").wait_for(state="visible", timeout=10000)
+    page.click(".new-arrivals")
+    page.wait_for_function(
+        "() => document.querySelectorAll('.results tbody tr.clickable').length === 1"
+    )
+    # auto-refresh: the next arrival shows up by itself
+    page.check(".live input[type=checkbox]")
+    page.wait_for_timeout(700)
+    _uid, files = _study_files(tmp_path / "b", "LIVE1", "Live^One", TODAY, "MR", "Live 2", "L2")
+    pacs.store(files)
+    page.wait_for_function(
+        "() => document.querySelectorAll('.results tbody tr.clickable').length === 2",
+        timeout=10000,
+    )

@@ -1,7 +1,7 @@
 // Study list (SPEC E4): the hash parameters ARE the search, passed unchanged to
 // GET /api/studylist (keys and operators =, =!=, =>>, =>=, =<<, =<=, =**, repeated keys = OR,
 // ~a~b ranges, today/yesterday/pastweek/pastmonth are parsed by the server).
-import {request} from '../api.js';
+import {api, request} from '../api.js';
 import {field, fmtDate, fmtDateTime, fmtList, fmtName, fmtTime, h, hashUrl} from '../dom.js';
 import {t} from '../i18n.js';
 import {errorBox, pager, table} from '../widgets.js';
@@ -35,7 +35,7 @@ const MORE_FIELDS = [
 const PAGING = ['sort', 'limit', 'offset'];
 const DEFAULT_LIMIT = 50;
 
-export async function render({el, params, navigate, can}) {
+export async function render({el, params, navigate, can, isCurrent}) {
   const search = new URLSearchParams();
   for (const [k, v] of params) if (!PAGING.includes(k)) search.append(k, v);
   const sort = params.get('sort') || '';
@@ -69,6 +69,7 @@ export async function render({el, params, navigate, can}) {
     return;
   }
   const {total, items} = answer.data;
+  const live = liveArrivals({isCurrent, refresh: () => go({offset})});
   const serverMs = answer.headers.get('x-server-time-ms');
   const columns = [
     {label: t('col.patient_name'), sort: 'patientname', value: (r) => fmtName(r.patient_name)},
@@ -88,7 +89,8 @@ export async function render({el, params, navigate, can}) {
   results.append(
     h('div', {class: 'results-head'},
       h('span', {class: 'total', 'data-total': total}, t('list.total', {n: total})),
-      serverMs ? h('span', {class: 'muted small'}, t('list.server_time', {ms: serverMs})) : null),
+      serverMs ? h('span', {class: 'muted small'}, t('list.server_time', {ms: serverMs})) : null,
+      live),
     table(columns, items, {
       sort,
       onSort: (s) => go({sort: s}),
@@ -142,4 +144,41 @@ function filterForm(search, navigate, sort, limit) {
     navigate(hashUrl('list', next));
   });
   return form;
+}
+
+const POLL_MS = 30000;
+const AUTO_KEY = 'pacsbox.autorefresh';
+
+/**
+ * New arrivals (SPEC E4 "appear live"): while this list is shown and the tab visible, the
+ * dashboard's last arrival time is checked every 30 s; when it moves, a button offers the
+ * refreshed list, or the list refreshes itself when "auto-refresh" is ticked.
+ */
+function liveArrivals({isCurrent, refresh}) {
+  const auto = h('input', {type: 'checkbox', checked: localStorage.getItem(AUTO_KEY) === '1',
+    onchange: (e) => localStorage.setItem(AUTO_KEY, e.target.checked ? '1' : '0')});
+  const banner = h('button', {type: 'button', class: 'chip new-arrivals', hidden: true, onclick: refresh},
+    t('list.new_arrivals'));
+  const every = Number(window.pacsboxPollMs) || POLL_MS; // tests shorten it
+  let lastArrival = null;
+  const check = async () => {
+    if (!isCurrent()) return;
+    if (document.visibilityState === 'visible') {
+      try {
+        const d = await api('/api/dashboard');
+        if (lastArrival !== null && d.last_arrival && d.last_arrival !== lastArrival) {
+          lastArrival = d.last_arrival;
+          if (auto.checked) { refresh(); return; }
+          banner.hidden = false;
+        }
+        lastArrival = d.last_arrival || lastArrival || '';
+      } catch {
+        // the next round tries again
+      }
+    }
+    setTimeout(check, every);
+  };
+  check();
+  return h('span', {class: 'live'}, banner,
+    h('label', {class: 'check small muted'}, auto, ' ', t('list.auto_refresh')));
 }
