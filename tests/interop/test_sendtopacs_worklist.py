@@ -265,6 +265,50 @@ def test_mwl_time_out_is_reported(tmp_path: Path) -> None:
         _stop(scp)
 
 
+ORTHANC_MWL_PLUGIN = Path("/usr/share/orthanc/plugins/libModalityWorklists.so")
+
+
+def test_mwl_search_in_orthanc(tmp_path: Path) -> None:
+    """Orthanc's Modality Worklists plugin serving the same kind of worklist files."""
+    _require(ORTHANC_BIN)
+    _require(ORTHANC_MWL_PLUGIN)
+    folder = tmp_path / "orthanc-wl"
+    folder.mkdir()
+    study_uid = generate_uid()
+    wl_file(folder / "a.wl", "WL001", "Muster^Anna", "XC", "CAMERA1", TODAY, "ACC100", study_uid)
+    wl_file(folder / "b.wl", "WL002", "Muster^Bernd", "XC", "CAMERA2", TODAY, "ACC200")
+    wl_file(folder / "c.wl", "WL003", "Other^Carl", "ES", "ENDO1", TOMORROW, "ACC300")
+    orthanc = start_orthanc(
+        tmp_path / "orthanc",
+        SimpleNamespace(ae_title="NOBODY", port=1),  # type: ignore[arg-type]
+        {
+            "Plugins": [str(ORTHANC_MWL_PLUGIN)],
+            "Worklists": {"Enable": True, "Database": str(folder)},
+            "DicomModalities": {"stp": ["SENDTOPACS", "127.0.0.1", 104]},
+        },
+    )
+    try:
+        dev = WorklistDevice("owl", "mwl", orthanc.aet, "127.0.0.1", orthanc.dicom_port, timeout=10)
+        assert _ids(search(dev, WorklistQuery(modality="XC", date="today"))) == ["WL001", "WL002"]
+        assert _ids(search(dev, WorklistQuery(station_ae="CAMERA2"))) == ["WL002"]
+        assert _ids(search(dev, WorklistQuery(patient_name="Other*", date=f"-{TOMORROW}"))) == [
+            "WL003"
+        ]
+        (anna,) = search(dev, WorklistQuery(patient_id="WL001"))
+        assert (anna.patient.patient_name, anna.patient.accession_number) == (
+            "Muster^Anna",
+            "ACC100",
+        )
+        assert anna.patient.study_instance_uid == study_uid
+        assert (anna.modality, anna.sps_id, anna.requested_procedure_id) == (
+            "XC",
+            "SPSWL001",
+            "RPWL001",
+        )
+    finally:
+        stop_orthanc(orthanc)
+
+
 # -- Q/R C-FIND: pacsbox and Orthanc -------------------------------------------------------------
 def _store(port: int, aec: str, files: list[Path]) -> None:
     res = run_dcmtk(["/usr/bin/storescu", "-aec", aec, "127.0.0.1", str(port), *map(str, files)])
