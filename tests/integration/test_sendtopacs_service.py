@@ -420,3 +420,28 @@ def test_dicom_files_get_the_settings_tag_updates(tmp_path: Path, client_for, ma
         arch.engine.dispose()
     assert desc == "CT via API"
     assert (tmp_path / "ct.dcm").read_bytes()[128:132] == b"DICM"  # the source is untouched
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = subprocess.run(
+            [
+                str(VENV_BIN / "sendtopacs"),
+                "service",
+                "--settings",
+                str(write_settings(tmp_path)),
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert res.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in res.stderr
+    assert not (tmp_path / "state" / "temp").exists()  # nothing left behind

@@ -1065,6 +1065,7 @@ def create_app(state: ServiceState) -> Any:
 def run(settings_path: Path | None, port: int | None = None, monitors: bool = True) -> int:
     """``sendtopacs service``: lock, start the monitors and serve until SIGTERM / Ctrl-C."""
     import signal
+    import socket
 
     import uvicorn
 
@@ -1074,19 +1075,21 @@ def run(settings_path: Path | None, port: int | None = None, monitors: bool = Tr
     lock = InstanceLock(state.lock_path)
     lock.acquire()  # raises AlreadyRunning
     try:
+        host, port_ = state.config.host, state.config.port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port_))
+        except OSError as exc:
+            sock.close()
+            raise ServiceError(f"cannot listen on {host}:{port_}: {exc.strerror or exc}") from exc
         state.start()
         app = create_app(state)
-        config = uvicorn.Config(
-            app,
-            host=state.config.host,
-            port=state.config.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-        )
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         server = uvicorn.Server(config)
         print(
-            f"sendtopacs service on http://{state.config.host}:{state.config.port}/ "
+            f"sendtopacs service on http://{host}:{sock.getsockname()[1]}/ "
             f"(pid {os.getpid()}, {len(state.settings.monitors)} monitored folder(s))",
             flush=True,
         )
@@ -1094,7 +1097,7 @@ def run(settings_path: Path | None, port: int | None = None, monitors: bool = Tr
         # handler that returns here, so the cleanup below (temp folder, lock) always runs
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: None)
-        server.run()
+        server.run(sockets=[sock])
         return 0
     finally:
         state.stop()
