@@ -260,3 +260,19 @@ def test_settings_form_round_trips() -> None:
     )
     with pytest.raises(TagUpdateError):
         TagUpdate.from_dict({"value": "x"})
+
+
+def test_charset_switch_re_encodes_nested_values(tmp_path: Path) -> None:
+    ds = make_ct()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "X", "99X", "Schädel"
+    ds.AnatomicRegionSequence = [item]
+    ds.save_as(tmp_path / "n.dcm", enforce_file_format=True)
+    ds = dcmread(tmp_path / "n.dcm")
+    apply_updates(ds, [TagUpdate("StudyDescription", "Σ", create=True)])
+    ds.save_as(tmp_path / "n2.dcm", enforce_file_format=True)
+    back = dcmread(tmp_path / "n2.dcm")
+    assert back.SpecificCharacterSet == "ISO_IR 192"
+    assert back.StudyDescription == "Σ"
+    assert back.AnatomicRegionSequence[0].CodeMeaning == "Schädel"
