@@ -71,7 +71,8 @@ def test_pdu_framing() -> None:
 
 
 def _store_rq(message_id: int, sop_instance: str) -> bytes:
-    from pacsbox.dicom.storage_acceptor import _elem, _pad_ui
+    from pacsbox.dicom.commands import cmd_element as _elem
+    from pacsbox.dicom.commands import pad_ui as _pad_ui
 
     body = b"".join(
         (

@@ -33,6 +33,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 
+from pacsbox.dicom.commands import cmd_element, command_set, comment_value, pad_ui
+
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 #: transfer syntaxes of Q/R contexts this path serves
@@ -126,38 +128,27 @@ def _pydicom_write(ds: Dataset, implicit: bool) -> bytes:
 
 
 # -- command sets (PS3.7 §9.3.2.2), Implicit VR Little Endian ------------------------------
-def _elem(number: int, value: bytes) -> bytes:
-    return struct.pack("<HHI", 0x0000, number, len(value)) + value
-
-
-def _pad_ui(value: str) -> bytes:
-    raw = value.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
-
-
 def find_response_command(
     message_id: int, sop_class: str, status: int, has_identifier: bool, failure: Dataset | None
 ) -> bytes:
     """A C-FIND-RSP command set; ``failure`` carries Error Comment / Offending Element."""
     body = [
-        _elem(0x0002, _pad_ui(sop_class)),
-        _elem(0x0100, struct.pack("<H", C_FIND_RSP)),
-        _elem(0x0120, struct.pack("<H", message_id)),
-        _elem(0x0800, struct.pack("<H", 0x0001 if has_identifier else 0x0101)),
-        _elem(0x0900, struct.pack("<H", status)),
+        cmd_element(0x0002, pad_ui(sop_class)),
+        cmd_element(0x0100, struct.pack("<H", C_FIND_RSP)),
+        cmd_element(0x0120, struct.pack("<H", message_id)),
+        cmd_element(0x0800, struct.pack("<H", 0x0001 if has_identifier else 0x0101)),
+        cmd_element(0x0900, struct.pack("<H", status)),
     ]
     if failure is not None:
         offending = failure.get("OffendingElement")
         if offending:
             tags = offending if isinstance(offending, list | tuple) else [offending]
             packed = b"".join(struct.pack("<HH", int(t) >> 16, int(t) & 0xFFFF) for t in tags)
-            body.append(_elem(0x0901, packed))
+            body.append(cmd_element(0x0901, packed))
         comment = failure.get("ErrorComment")
         if comment:
-            text = str(comment).replace("\\", "/")[:64].encode("ascii", "replace")
-            body.append(_elem(0x0902, text + b" " if len(text) % 2 else text))
-    payload = b"".join(body)
-    return _elem(0x0000, struct.pack("<I", len(payload))) + payload
+            body.append(cmd_element(0x0902, comment_value(str(comment))))
+    return command_set(body)
 
 
 def p_data(context_id: int, command: bytes, dataset: bytes | None, max_pdu: int) -> bytes:

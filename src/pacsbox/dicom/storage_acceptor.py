@@ -52,6 +52,7 @@ from pacsbox import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacsbox.archive.audit import StoreBatch
 from pacsbox.archive.ingest import Ingest, IngestRefused
 from pacsbox.archive.registry import AERegistry
+from pacsbox.dicom.commands import cmd_element, command_set, comment_value, pad_ui
 from pacsbox.dicom.contexts import (
     ACCEPTED_ABSTRACT_SYNTAXES,
     QR_FIND_SOP_CLASSES,
@@ -197,15 +198,6 @@ def _us(value: bytes) -> int:
     return struct.unpack("<H", value[:2])[0] if len(value) >= 2 else 0
 
 
-def _elem(elem: int, value: bytes) -> bytes:
-    return struct.pack("<HHI", 0x0000, elem, len(value)) + value
-
-
-def _pad_ui(value: str) -> bytes:
-    raw = value.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
-
-
 def encode_response(
     command_field: int,
     message_id: int,
@@ -216,19 +208,17 @@ def encode_response(
 ) -> bytes:
     """A response command set with no data set (CommandDataSetType 0101H)."""
     body = [
-        _elem(0x0002, _pad_ui(sop_class)),
-        _elem(0x0100, struct.pack("<H", command_field)),
-        _elem(0x0120, struct.pack("<H", message_id)),
-        _elem(0x0800, struct.pack("<H", 0x0101)),
-        _elem(0x0900, struct.pack("<H", status)),
+        cmd_element(0x0002, pad_ui(sop_class)),
+        cmd_element(0x0100, struct.pack("<H", command_field)),
+        cmd_element(0x0120, struct.pack("<H", message_id)),
+        cmd_element(0x0800, struct.pack("<H", 0x0101)),
+        cmd_element(0x0900, struct.pack("<H", status)),
     ]
     if comment:
-        text = comment.replace("\\", "/")[:64].encode("ascii", "replace")
-        body.append(_elem(0x0902, text + b" " if len(text) % 2 else text))
+        body.append(cmd_element(0x0902, comment_value(comment)))
     if sop_instance:
-        body.append(_elem(0x1000, _pad_ui(sop_instance)))
-    payload = b"".join(body)
-    return _elem(0x0000, struct.pack("<I", len(payload))) + payload
+        body.append(cmd_element(0x1000, pad_ui(sop_instance)))
+    return command_set(body)
 
 
 def p_data_pdu(context_id: int, command: bytes) -> bytes:

@@ -37,6 +37,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext
 
 from pacsbox import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacsbox.dicom.commands import cmd_element, command_set, pad_ae, pad_ui
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
@@ -62,20 +63,6 @@ class AcceptedContext:
     transfer_syntax: str
 
 
-def _elem(elem: int, value: bytes) -> bytes:
-    return struct.pack("<HHI", 0x0000, elem, len(value)) + value
-
-
-def _ui(value: str) -> bytes:
-    raw = value.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
-
-
-def _ae(value: str) -> bytes:
-    raw = value.encode("ascii", "replace")[:16]
-    return raw + b" " if len(raw) % 2 else raw
-
-
 def encode_store_rq(
     message_id: int,
     sop_class: str,
@@ -86,19 +73,18 @@ def encode_store_rq(
 ) -> bytes:
     """C-STORE-RQ command set (PS3.7 §9.3.1.1), Implicit VR LE, data set present."""
     body = [
-        _elem(0x0002, _ui(sop_class)),
-        _elem(0x0100, struct.pack("<H", C_STORE_RQ)),
-        _elem(0x0110, struct.pack("<H", message_id & 0xFFFF)),
-        _elem(0x0700, struct.pack("<H", priority)),
-        _elem(0x0800, struct.pack("<H", 0x0000)),
-        _elem(0x1000, _ui(sop_instance)),
+        cmd_element(0x0002, pad_ui(sop_class)),
+        cmd_element(0x0100, struct.pack("<H", C_STORE_RQ)),
+        cmd_element(0x0110, struct.pack("<H", message_id & 0xFFFF)),
+        cmd_element(0x0700, struct.pack("<H", priority)),
+        cmd_element(0x0800, struct.pack("<H", 0x0000)),
+        cmd_element(0x1000, pad_ui(sop_instance)),
     ]
     if originator_ae:
-        body.append(_elem(0x1030, _ae(originator_ae)))
+        body.append(cmd_element(0x1030, pad_ae(originator_ae)))
     if originator_id is not None:
-        body.append(_elem(0x1031, struct.pack("<H", originator_id & 0xFFFF)))
-    payload = b"".join(body)
-    return _elem(0x0000, struct.pack("<I", len(payload))) + payload
+        body.append(cmd_element(0x1031, struct.pack("<H", originator_id & 0xFFFF)))
+    return command_set(body)
 
 
 def parse_command(data: bytes) -> dict[int, bytes]:
