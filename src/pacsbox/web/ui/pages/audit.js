@@ -33,7 +33,14 @@ export async function render({el, params, navigate}) {
   });
   el.append(h('h1', {}, t('nav.audit')), form);
   const query = new URLSearchParams();
-  for (const k of FILTERS) if (params.get(k)) query.set(k, params.get(k));
+  for (const k of FILTERS) {
+    let v = params.get(k);
+    if (!v) continue;
+    if ((k === 'since' || k === 'until') && !Number.isNaN(new Date(v).getTime())) {
+      v = new Date(v).toISOString(); // the form's local time, sent as UTC
+    }
+    query.set(k, v);
+  }
   query.set('limit', limit);
   query.set('offset', offset);
   let answer;

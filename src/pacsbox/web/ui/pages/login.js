@@ -7,6 +7,10 @@ import {errorBox} from '../widgets.js';
 
 export async function render({el, params, navigate, session}) {
   const next = params.get('next') || '#/list';
+  if (session.me && !session.me.user.must_change_password && !params.has('again')) {
+    navigate(next.startsWith('#/login') ? '#/list' : next, {replace: true});
+    return;
+  }
   const user = h('input', {name: 'username', autocomplete: 'username', required: true, autofocus: true});
   const pass = h('input', {name: 'password', type: 'password', autocomplete: 'current-password', required: true});
   const msg = h('div', {class: 'msg'});
