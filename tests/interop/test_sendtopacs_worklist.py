@@ -458,6 +458,9 @@ def test_filename_pattern_maps_and_sends(
     assert ds.StudyDescription == "XC photo of WL001"
     # the JPEG stream went in unchanged (no re-encoding on the way)
     assert photo.read_bytes() in bytes(ds.PixelData)
+    from tests.unit.test_sendtopacs_convert import dciodvfy_errors
+
+    assert dciodvfy_errors(received) == []  # still a valid SC object with the worklist data
 
     # a name with two matches is not guessed: nothing is sent, the candidates are listed
     other = tmp_path / "_Muster_2.jpg"
@@ -562,6 +565,9 @@ def test_cli_search_replace_worklist_info_tag_updates_worklist_only(
     assert res.returncode == 0, res.stdout + res.stderr
     (row,) = json.loads(res.stdout)["files"]
     made = dcmread(row["output"])
+    from tests.unit.test_sendtopacs_convert import dciodvfy_errors
+
+    assert dciodvfy_errors(Path(row["output"])) == []
     assert (made.PatientID, str(made.PatientName), made.Modality) == ("WL004", "Müller^Jörg", "XC")
     assert made.SeriesDescription == "from"  # no Station Name in the object: empty
 
