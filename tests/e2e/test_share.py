@@ -87,6 +87,16 @@ def test_share_link_in_a_fresh_browser(pacs: Any, new_page: Any, tmp_path: Path)
         if n != "DICOMDIR"
     }
     assert sops == {dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths}
+    # and the JPEG Lossless one (encoded in a helper process of the server)
+    with page.expect_download() as info:
+        page.click("#dl-jpeg")
+    jpeg = zipfile.ZipFile(io.BytesIO(Path(info.value.path()).read_bytes()))
+    members = [n for n in jpeg.namelist() if n != "DICOMDIR"]
+    assert len(members) == len(paths)
+    for name in members:
+        ds = dcmread(io.BytesIO(jpeg.read(name)))
+        assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+        assert ds.pixel_array.shape == (16, 16)
     assert not [p for p in problems if "Content Security Policy" in p or "Refused" in p], problems
 
     # the creator sees the access in the list

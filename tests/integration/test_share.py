@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import os
 import re
 import zipfile
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from pacsbox.archive.index.writer import INSTANCE, utcnow
 from pacsbox.archive.sharing import (
     JPEG_LOSSLESS_SV1,
     SHARE,
+    JpegLosslessEncoder,
     ShareError,
     ShareLinks,
     Validity,
@@ -331,6 +333,7 @@ MIXED = [
     "MR_small_jp2klossless.dcm",  # JPEG 2000 Lossless
     "JPEG-lossy.dcm",  # lossy: kept as stored
     "rtdose.dcm",  # 32-bit multi-frame: kept as stored (JPEG Lossless holds <= 16 bits)
+    "liver_1frame.dcm",  # 1-bit segmentation: kept (GDCM would abort the process on it)
 ]
 
 
@@ -412,6 +415,7 @@ def test_zips_original_and_jpeg_lossless(
     assert kept == {
         "JPEG-lossy.dcm": "1.2.840.10008.1.2.4.51",
         "rtdose.dcm": "1.2.840.10008.1.2",  # Implicit VR LE
+        "liver_1frame.dcm": "1.2.840.10008.1.2.1",
     }
     for s, ts in syntaxes.items():
         if ts != JPEG_LOSSLESS_SV1:  # kept files are the stored bytes
@@ -459,3 +463,23 @@ def test_token_never_logged(
     with c.app.state.pacs.archive.engine.connect() as conn:  # type: ignore[attr-defined]
         details = " ".join(str(tuple(r)) for r in conn.execute(select(AUDIT)))
     assert token not in details
+
+
+def _abort(_path: str, _prefix: bytes, _workdir: str) -> bytes | None:
+    os.abort()  # what a codec crash in C++ does to its process
+
+
+def test_codec_crash_costs_one_conversion_not_the_server(tmp_path: Path) -> None:
+    """The encoder runs in a helper process: a crash there is a None (file kept as stored),
+    the helper is started again for the next file, and this process lives on."""
+    source = str(PYDICOM_TEST_FILES / "CT_small.dcm")
+    with JpegLosslessEncoder("tests.integration.test_share:_abort") as crashing:
+        assert crashing.encode(source, b"", str(tmp_path)) is None
+        assert crashing.encode(source, b"", str(tmp_path)) is None  # restarted, crashed again
+    with JpegLosslessEncoder() as encoder:
+        data = encoder.encode(source, b"", str(tmp_path))
+    assert data is not None
+    out = dcmread(io.BytesIO(data))
+    assert out.file_meta.TransferSyntaxUID == JPEG_LOSSLESS_SV1
+    assert np.array_equal(out.pixel_array, dcmread(source).pixel_array)
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind

@@ -19,13 +19,19 @@ Times are naive UTC like the rest of the index (``utcnow``).
 
 from __future__ import annotations
 
+import base64
 import calendar
 import contextlib
 import hashlib
+import json
 import os
 import re
 import secrets
+import select as select_io
+import subprocess
+import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -389,6 +395,8 @@ def jpeg_lossless_copy(path: str, prefix: bytes, workdir: str) -> bytes | None:
 
     made: list[str] = []
     try:
+        if not _encodable(path, prefix):
+            return None
         source = path
         if prefix:
             fd, source = tempfile.mkstemp(prefix="share-in-", suffix=".dcm", dir=workdir)
@@ -427,3 +435,149 @@ def jpeg_lossless_copy(path: str, prefix: bytes, workdir: str) -> bytes | None:
         for name in made:
             with contextlib.suppress(OSError):
                 os.unlink(name)
+
+
+def _encodable(path: str, prefix: bytes) -> bool:
+    """What JPEG Lossless can hold (PS3.5 §8.2.1: 2-16 bit precision; 1 or 3 samples), read
+    with pydicom before GDCM sees the file (GDCM aborts the process on some layouts, e.g.
+    1-bit segmentations)."""
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+
+    tags = [
+        "BitsAllocated",
+        "BitsStored",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "PixelData",
+    ]
+    try:
+        if prefix:
+            with open(path, "rb") as fh:
+                head = prefix + fh.read(1 << 16)
+            ds = dcmread(DicomBytesIO(head), stop_before_pixels=True, force=True)
+            has_pixels = True  # checked by the caller's index row (rows > 0)
+        else:
+            ds = dcmread(path, specific_tags=tags, force=True, defer_size=64)
+            has_pixels = "PixelData" in ds
+        allocated = int(ds.get("BitsAllocated", 0))
+        stored = int(ds.get("BitsStored", 0))
+        samples = int(ds.get("SamplesPerPixel", 1))
+        photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    except Exception:
+        return False
+    return (
+        has_pixels
+        and allocated in (8, 16)
+        and 2 <= stored <= 16
+        and samples in (1, 3)
+        and photometric in ENCODABLE_PHOTOMETRIC
+    )
+
+
+ENCODABLE_PHOTOMETRIC = frozenset(
+    {"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL"}
+)
+
+
+class JpegLosslessEncoder:
+    """Runs :func:`jpeg_lossless_copy` in a helper process (``python -c``, one per download,
+    started on first use), so that a codec crash — GDCM aborts the process on some malformed
+    data — costs one file's conversion, never the HTTP worker: the file is then kept as
+    stored and the helper is started again. (The HTTP workers are daemonic multiprocessing
+    children, which may not use multiprocessing pools.) Requests and answers are JSON lines
+    on the helper's stdin/stdout; the converted file comes back through ``workdir``."""
+
+    TIMEOUT = 300.0
+
+    def __init__(self, func: str | None = None) -> None:
+        #: ``"module:function"`` to run instead of jpeg_lossless_copy (tests)
+        self._func = func or ""
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            code = (
+                "from pacsbox.archive.sharing import _serve_encoder; "
+                f"_serve_encoder({self._func!r})"
+            )
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", code],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        return self._proc
+
+    def encode(self, path: str, prefix: bytes, workdir: str) -> bytes | None:
+        request = {"path": path, "prefix": base64.b64encode(prefix).decode(), "workdir": workdir}
+        try:
+            proc = self._start()
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(json.dumps(request).encode() + b"\n")
+            proc.stdin.flush()
+            ready, _, _ = select_io.select([proc.stdout], [], [], self.TIMEOUT)
+            line = proc.stdout.readline() if ready else b""
+        except OSError:
+            line = b""
+        if not line:  # crashed, hung or could not start: keep the original
+            self.close(kill=True)
+            return None
+        try:
+            out = json.loads(line).get("out")
+        except ValueError:
+            self.close(kill=True)
+            return None
+        if not out:
+            return None
+        try:
+            with open(out, "rb") as fh:
+                return fh.read()
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(out)
+
+    def close(self, kill: bool = False) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            if proc.stdin:
+                proc.stdin.close()
+        if kill and proc.poll() is None:
+            proc.kill()  # the helper this object started
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+    def __enter__(self) -> JpegLosslessEncoder:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _serve_encoder(func: str = "") -> None:
+    """The helper process of :class:`JpegLosslessEncoder`: one JSON request per stdin line,
+    one ``{"out": <file or null>}`` line per answer."""
+    import importlib
+
+    convert: Callable[[str, bytes, str], bytes | None] = jpeg_lossless_copy
+    if func:
+        module, _, name = func.partition(":")
+        convert = getattr(importlib.import_module(module), name)
+    for line in sys.stdin.buffer:
+        request = json.loads(line)
+        data = convert(request["path"], base64.b64decode(request["prefix"]), request["workdir"])
+        out = None
+        if data is not None:
+            fd, out = tempfile.mkstemp(prefix="share-jpeg-", suffix=".dcm", dir=request["workdir"])
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        sys.stdout.write(json.dumps({"out": out}) + "\n")
+        sys.stdout.flush()

@@ -63,12 +63,12 @@ from pacsbox.archive.dicomdir import FileSetInstance, plan_file_set
 from pacsbox.archive.index.writer import INSTANCE, PATIENT, SERIES, STUDY
 from pacsbox.archive.sharing import (
     JPEG_LOSSLESS_SV1,
+    JpegLosslessEncoder,
     Share,
     ShareError,
     ShareLinks,
     ShareNotFound,
     Validity,
-    jpeg_lossless_copy,
     wants_jpeg_lossless,
 )
 from pacsbox.archive.storage import InvalidUID, check_uid, encode_file_meta
@@ -682,7 +682,10 @@ def _jpeg_zip_stream(ctx: Any, members: list[FileSetInstance]) -> Iterator[bytes
     #: transfer syntax each file was written in
     written: list[FileSetInstance] = []
     sink = _Sink()
-    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[arg-type]
+    with (
+        JpegLosslessEncoder() as encoder,
+        zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf,  # type: ignore[arg-type]
+    ):
         for inst, file_id in plan.files:
             written.append(inst)
             try:
@@ -696,7 +699,7 @@ def _jpeg_zip_stream(ctx: Any, members: list[FileSetInstance]) -> Iterator[bytes
                 )
             data = None
             if wants_jpeg_lossless(inst.transfer_syntax_uid, inst.rows):
-                data = jpeg_lossless_copy(str(path), prefix, str(workdir))
+                data = encoder.encode(str(path), prefix, str(workdir))
             name = "/".join(file_id)
             if data is not None:
                 zf.writestr(name, data)
