@@ -150,6 +150,12 @@ def test_download_zip_with_progress(pacs: Any, new_page: Any, study: str, tmp_pa
     assert "DICOMDIR" in names and len([n for n in names if n != "DICOMDIR"]) == 4
     page.wait_for_selector(".toast progress")
     assert "Downloaded" in page.inner_text(".toasts")
+    # the same from a row of the study list
+    _goto_hash(page, "#/list?accessionnumber=ACT1")
+    with page.expect_download() as info:
+        page.click(".results [data-action=download]")
+    info.value.save_as(tmp_path / "row.zip")
+    assert zipfile.ZipFile(tmp_path / "row.zip").namelist() == names
 
 
 def test_share_create_open_in_fresh_context_and_revoke(

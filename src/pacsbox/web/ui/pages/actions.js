@@ -40,7 +40,14 @@ export function studyActions(study, {can, compact = false, onDeleted} = {}) {
 export async function downloadStudy(study) {
   const uid = study.study_instance_uid;
   const url = `/api/studies/${encodeURIComponent(uid)}/archive`;
-  const size = Number(study.size_bytes) || 0;
+  let size = Number(study.size_bytes) || 0;
+  if (!size) {
+    try {
+      size = Number((await api(`/api/studies/${encodeURIComponent(uid)}`)).size_bytes) || 0;
+    } catch {
+      // unknown size: download with the progress in bytes
+    }
+  }
   if (size > 512 * 1024 * 1024) {
     window.location.assign(url); // very large: let the browser stream it to disk
     return;
