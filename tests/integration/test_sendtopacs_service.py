@@ -298,6 +298,17 @@ def test_api_send_and_convert_to_pacsbox(tmp_path: Path, client_for, make_server
     r = client.put("/api/devices/pacs", json={"files_per_association": 2})
     assert r.status_code == 200 and r.json()["files_per_association"] == 2
     assert client.get("/api/devices").json()[0]["default"] is True
+    # a device a monitored folder uses cannot go; the service keeps its settings
+    current = client.get("/api/settings").json()
+    watched = tmp_path / "watched"
+    current["monitors"] = [
+        {"path": str(watched), "device": "pacs", "failed_dir": str(tmp_path / "failed")}
+    ]
+    assert client.put("/api/settings", json=current).status_code == 200
+    r = client.delete("/api/devices/pacs")
+    assert r.status_code == 400 and "unknown device" in r.json()["error"]
+    assert [d["name"] for d in client.get("/api/devices").json()] == ["pacs"]
+    assert client.delete("/api/devices/nope").status_code == 404
 
     photo = _png(tmp_path / "photo.png")
     up = client.post(

@@ -141,7 +141,7 @@ class MonitorConfig:
             for other in (self.failed_dir, self.success_dir):
                 if other and Path(other).resolve() == watched:
                     raise MonitorError(f"{where}: failed/success folder is the watched folder")
-            if settings is not None and settings.devices:
+            if settings is not None and (settings.devices or self.device):
                 try:
                     settings.device(self.device or None)
                 except SettingsError as exc:
@@ -1074,6 +1074,12 @@ class MonitorSet:
     def start(self) -> None:
         for m in self.monitors:
             m.start()
+
+    def update_settings(self, settings: Settings) -> None:
+        """New devices / conversion settings for the running monitors (same folders)."""
+        self.settings = settings
+        for m in self.monitors:
+            m.settings = settings
 
     def stop(self) -> None:
         for m in self.monitors:

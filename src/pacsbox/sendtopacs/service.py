@@ -760,47 +760,52 @@ def create_app(state: ServiceState) -> Any:
     def devices() -> list[dict[str, Any]]:
         return [d.as_dict() for d in state.settings.devices]
 
+    def change_devices(change: Any) -> Any:
+        """Apply ``change`` to a fresh copy of the settings, validate and save it, then use
+        it; on any error the service keeps its settings unchanged."""
+        with state.lock:
+            candidate = load(state.settings.path)
+            try:
+                result = change(candidate)
+                candidate.save(state.settings.path)
+            except SettingsError as exc:
+                text = str(exc)
+                code = (
+                    409 if "exists" in text else 404 if text.startswith("unknown device") else 400
+                )
+                return fail(code, text)
+            state.settings = candidate
+            if state.monitors is not None:
+                state.monitors.update_settings(candidate)
+            return result
+
     @app.post("/api/devices", status_code=201)
     async def add_device(request: Request) -> Any:
         dev = device_from(await json_body(request))
-        with state.lock:
-            try:
-                state.settings.add_device(dev)
-                state.save_settings()
-            except SettingsError as exc:
-                return fail(409 if "exists" in str(exc) else 400, str(exc))
-        return dev.as_dict()
+
+        def change(s: Settings) -> Any:
+            s.add_device(dev)
+            return dev.as_dict()
+
+        return change_devices(change)
 
     @app.put("/api/devices/{name}")
     async def edit_device(name: str, request: Request) -> Any:
         data = await json_body(request)
-        with state.lock:
-            try:
-                old = state.settings.device(name)
-            except SettingsError as exc:
-                return fail(404, str(exc))
-            merged = {**old.as_dict(), **data}
-            new = device_from(merged, old.name)
-            idx = state.settings.devices.index(old)
-            state.settings.devices[idx] = new
+
+        def change(s: Settings) -> Any:
+            old = s.device(name)
+            new = device_from({**old.as_dict(), **data}, old.name)
+            s.devices[s.devices.index(old)] = new
             if new.default:
-                state.settings.set_default(new.name)
-            try:
-                state.save_settings()
-            except SettingsError as exc:
-                state.settings.devices[idx] = old
-                return fail(400, str(exc))
-        return new.as_dict()
+                s.set_default(new.name)
+            return new.as_dict()
+
+        return change_devices(change)
 
     @app.delete("/api/devices/{name}")
     def delete_device(name: str) -> Any:
-        with state.lock:
-            try:
-                dev = state.settings.remove_device(name)
-                state.save_settings()
-            except SettingsError as exc:
-                return fail(404, str(exc))
-        return {"deleted": dev.name}
+        return change_devices(lambda s: {"deleted": s.remove_device(name).name})
 
     @app.post("/api/devices/{name}/echo")
     def echo(name: str) -> Any:
