@@ -578,6 +578,21 @@ def test_cli_search_replace_worklist_info_tag_updates_worklist_only(
     )  # fmt: skip
     assert res.returncode == 1
     assert "2 worklist entries match" in res.stdout and "WL001" in res.stdout
+    # ... unless one is picked by its number in that list
+    res = stp(config, "worklist", "--patient-name", "Muster*", "--json")
+    order = [e["patient"]["patient_id"] for e in json.loads(res.stdout)]
+    assert sorted(order) == ["WL001", "WL002"]
+    res = stp(
+        config, "convert", str(photo), "-o", str(tmp_path / "o3"), "--worklist", "wl",
+        "--search", "name=Muster*", "--pick", "2", "--json",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["files"][0]["patient_id"] == order[1]
+    res = stp(
+        config, "convert", str(photo), "-o", str(tmp_path / "o4"), "--worklist", "wl",
+        "--search", "name=Muster*", "--pick", "3",
+    )  # fmt: skip
+    assert res.returncode == 1 and "--pick 3: only 2 match(es)" in res.stdout
 
     # worklist only: typed-in patient data is refused
     res = stp(config, "worklist-devices", "edit", "wl", "--worklist-only")

@@ -119,6 +119,10 @@ SearchOpt = Annotated[
     list[str] | None,
     typer.Option("--search", help="Worklist search KEY=VALUE (repeat): patient_id, ..."),
 ]
+PickOpt = Annotated[
+    int | None,
+    typer.Option("--pick", help="With --search: take the Nth match (1-based) of several"),
+]
 FromFilenameOpt = Annotated[
     str | None,
     typer.Option("--from-filename", help="File-name pattern, e.g. '{PatientID}_{LastName}_*'"),
@@ -141,6 +145,7 @@ def _objects(
     overrides: dict[str, object],
     worklist: str | None,
     search: list[str] | None,
+    pick: int | None,
     from_filename: str | None,
     replace: bool,
     tag_update: list[str] | None,
@@ -163,6 +168,7 @@ def _objects(
         manual=any(patient_args),
         worklist=worklist,
         searches=search or [],
+        pick=pick,
         from_filename=from_filename,
         replace=replace,
         tag_updates=tag_update or [],
@@ -238,6 +244,7 @@ def convert(
     info: Info = "",
     worklist: WorklistOpt = None,
     search: SearchOpt = None,
+    pick: PickOpt = None,
     from_filename: FromFilenameOpt = None,
     tag_update: TagUpdateOpt = None,
     if_empty: IfEmptyOpt = False,
@@ -274,6 +281,7 @@ def convert(
         },
         worklist,
         search,
+        pick,
         from_filename,
         False,
         tag_update,
@@ -363,6 +371,7 @@ def send(
     info: Info = "",
     worklist: WorklistOpt = None,
     search: SearchOpt = None,
+    pick: PickOpt = None,
     from_filename: FromFilenameOpt = None,
     replace_worklist_info: ReplaceWlOpt = False,
     tag_update: TagUpdateOpt = None,
@@ -406,6 +415,7 @@ def send(
         },
         worklist,
         search,
+        pick,
         from_filename,
         replace_worklist_info,
         tag_update,

@@ -143,6 +143,7 @@ class Objects:
         worklist: str | None,
         searches: list[str],
         from_filename: str | None,
+        pick: int | None = None,
         replace: bool,
         tag_updates: list[str],
         if_empty: bool,
@@ -161,6 +162,7 @@ class Objects:
             raise _fail(f"settings tag_updates: {exc}") from exc
         self.device: WorklistDevice | None = None
         self.pattern = from_filename or ""
+        self.pick = pick
         self.query: WorklistQuery | None = None
         self.entries: dict[Path, WorklistEntry] = {}
         self.problems: dict[Path, str] = {}
@@ -185,6 +187,8 @@ class Objects:
             self.device.validate()
         except (SettingsError, WorklistConfigError) as exc:
             raise _fail(str(exc)) from exc
+        if pick is not None and (not searches or pick < 1):
+            raise _fail("--pick N (N ≥ 1) goes with --search")
         if searches:
             self.query = parse_search(searches)
         elif not self.pattern:
@@ -214,16 +218,28 @@ class Objects:
                     self.problems[p] = str(exc)
                 return
             usable = [e for e in found if not e.problem]
-            if len(found) == 1 and usable:
+            chosen: WorklistEntry | None = None
+            if self.pick is not None:
+                if self.pick <= len(found) and not found[self.pick - 1].problem:
+                    chosen = found[self.pick - 1]
+            elif len(found) == 1 and usable:
+                chosen = usable[0]
+            if chosen is not None:
                 for p in wanted:
-                    self.entries[p] = usable[0]
+                    self.entries[p] = chosen
                 return
             if not found:
                 why = "no worklist entry matches the search"
+            elif self.pick is not None:
+                why = (
+                    f"--pick {self.pick}: only {len(found)} match(es)"
+                    if self.pick > len(found)
+                    else f"match {self.pick} has invalid values: {found[self.pick - 1].problem}"
+                )
             elif len(found) == 1:
                 why = f"the only match has invalid values: {found[0].problem}"
             else:
-                why = f"{len(found)} worklist entries match the search; narrow it"
+                why = f"{len(found)} worklist entries match the search; narrow it or --pick N"
             for p in wanted:
                 self.problems[p] = why + candidates_text(found)
             return
