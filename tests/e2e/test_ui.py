@@ -454,3 +454,13 @@ def test_new_arrivals_appear_in_the_list(pacs: Any, new_page: Any, tmp_path: Pat
         "() => document.querySelectorAll('.results tbody tr.clickable').length === 2",
         timeout=10000,
     )
+
+
+def test_url_login_disabled_by_default(pacs: Any, new_page: Any) -> None:
+    """On a server with the default settings the credentials are still removed, and ignored."""
+    page = new_page()
+    page.goto(f"{pacs.url}/#/list?id=admin&password={pacs.admin_password}&patientid=X")
+    _ready(page)
+    assert "#/login" in page.url
+    assert pacs.admin_password not in page.url
+    assert "disabled" in page.inner_text(".toasts")

@@ -148,13 +148,18 @@ def test_otp_code_login_single_use(his_pacs: Pacs, his_study: str, new_page: Any
     _ready(other)
     assert "#/login" in other.url
     assert "Login failed" in other.inner_text(".toasts")
+    # with the key_id a HIS/RIS may add (as GET /api/otp answered it)
+    key = httpx.get(f"{his_pacs.url}/api/otp").json()
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
 
-
-def test_url_login_disabled_by_default(pacs: Any, new_page: Any) -> None:
-    """On a server with the default settings the credentials are still removed, and ignored."""
-    page = new_page()
-    page.goto(f"{pacs.url}/#/list?id=admin&password={pacs.admin_password}&patientid=X")
-    _ready(page)
-    assert "#/login" in page.url
-    _no_secret_anywhere(page, pacs.admin_password)
-    assert "disabled" in page.inner_text(".toasts")
+    public = serialization.load_pem_public_key(key["public_key"].encode())
+    cipher = public.encrypt(  # type: ignore[union-attr]
+        plaintext.encode(),
+        padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None),
+    )
+    code = quote(base64.b64encode(cipher).decode(), safe="")
+    third = new_page()
+    third.goto(f"{his_pacs.url}/#/viewer?code={code}&key_id={key['key_id']}&patientid=U1")
+    third.wait_for_url(re.compile(r"/viewer/ohif/viewer\?StudyInstanceUIDs="), timeout=15000)
+    assert third.url.endswith(f"StudyInstanceUIDs={his_study}")
