@@ -463,3 +463,45 @@ def test_open_for_writing_and_config_checks(tmp_path: Path) -> None:
         MonitorConfig(
             "/x", mode="add-to-list", tag_updates=[{"tag": "PixelData", "value": "1"}]
         ).validate()
+
+
+def test_monitor_cli_add_list_remove(tmp_path: Path) -> None:
+    config = tmp_path / "stp.json"
+
+    def stp(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(VENV_BIN / "sendtopacs"), "--config", str(config), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert (
+        stp("devices", "add", "d", "--aec", "X", "--host", "127.0.0.1", "--port", "104").returncode
+        == 0
+    )
+    res = stp("monitor", "add", str(tmp_path / "in"))  # auto-forward needs a failed folder
+    assert res.returncode == 2 and "failed_dir" in res.stderr
+    res = stp(
+        "monitor",
+        "add",
+        str(tmp_path / "in"),
+        "--failed-dir",
+        str(tmp_path / "failed"),
+        "--method",
+        "polling",
+        "--poll-interval",
+        "5",
+        "--patient-id",
+        "P1",
+        "--patient-name",
+        "Doe^Jane",
+    )
+    assert res.returncode == 0, res.stderr
+    listed = json.loads(stp("monitor", "list", "--json").stdout)
+    assert len(listed) == 1 and listed[0]["method"] == "polling"
+    assert listed[0]["patient"] == {"patient_id": "P1", "patient_name": "Doe^Jane"}
+    assert stp("monitor", "remove", str(tmp_path / "in")).returncode == 0
+    assert json.loads(stp("monitor", "list", "--json").stdout) == []
+    res = stp("monitor")  # nothing to run
+    assert res.returncode == 2 and "no monitored folders" in res.stderr
