@@ -456,3 +456,74 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in res.stderr
     assert not (tmp_path / "state" / "temp").exists()  # nothing left behind
+
+
+def test_worklist_search_through_the_api(tmp_path: Path, client_for) -> None:
+    """POST /api/worklist/search with an HTTP JSON worklist served by the test."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlsplit
+
+    seen: list[dict[str, list[str]]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            query = parse_qs(urlsplit(self.path).query)
+            seen.append(query)
+            if query.get("pid") == ["boom"]:
+                self.send_response(500)
+                self.end_headers()
+                return
+            body = json.dumps(
+                {"orders": [{"id": "WL7", "name": "Muster^Max", "acc": "A77", "dob": "19800202"}]}
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        settings = write_settings(tmp_path)
+        data = json.loads(settings.read_text())
+        data["worklist_devices"] = [
+            {
+                "name": "his",
+                "kind": "http",
+                "url": f"http://127.0.0.1:{httpd.server_port}/orders?pid={{patient_id}}",
+                "results_path": "orders",
+                "mapping": {
+                    "patient_id": "id",
+                    "patient_name": "name",
+                    "accession_number": "acc",
+                    "birth_date": "dob",
+                },
+                "fill_patient_name": False,
+            }
+        ]
+        settings.write_text(json.dumps(data))
+        client = client_for(settings)
+        assert [d["name"] for d in client.get("/api/worklist/devices").json()] == ["his"]
+        r = client.post(
+            "/api/worklist/search", json={"device": "his", "query": {"patient_id": "WL7"}}
+        )
+        assert r.status_code == 200, r.text
+        (match,) = r.json()["matches"]
+        assert match["patient"]["patient_id"] == "WL7"
+        assert match["patient"]["patient_name"] == "Muster^Max"
+        assert match["patient"]["accession_number"] == "A77"
+        assert seen[-1]["pid"] == ["WL7"]
+        r = client.post(
+            "/api/worklist/search", json={"device": "his", "query": {"patient_id": "boom"}}
+        )
+        assert r.status_code == 502 and "500" in r.json()["error"]
+        r = client.post("/api/worklist/search", json={"device": "nope"})
+        assert r.status_code == 404
+        r = client.post("/api/worklist/search", json={"device": "his", "query": {"colour": "x"}})
+        assert r.status_code == 400
+    finally:
+        httpd.shutdown()
