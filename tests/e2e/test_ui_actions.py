@@ -276,3 +276,40 @@ def test_sr_report_and_pdf_in_the_instance_page(
     _goto_hash(page, f"#/series?study={study}&uid={sr_series}")
     assert "Basic Text SR" in page.inner_text("tbody")
     _ready(page)
+
+
+def test_upload_files_with_progress(pacs: Any, new_page: Any, tmp_path: Path) -> None:
+    uid, files = _study_files(
+        tmp_path / "up",
+        "UP1",
+        "Up^Load",
+        __import__("datetime").date(2024, 1, 2),
+        "CT",
+        "Uploaded",
+        "UPL1",
+        n_series=1,
+        per_series=3,
+    )
+    junk = tmp_path / "up" / "notes.dcm"
+    junk.write_bytes(b"this is not DICOM" * 20)
+    page = _logged_in_page(pacs, new_page)
+    _goto_hash(page, "#/upload")
+    page.set_input_files(".upload-pick input[type=file]:not([webkitdirectory])", [*files, junk])
+    page.wait_for_function(
+        "() => document.querySelector('.upload-results table') !== null", timeout=30000
+    )
+    assert page.inner_text(".upload-summary") == "3 stored, 1 failed"
+    assert page.locator(".upload-results progress").get_attribute("value") is not None
+    failed = page.locator(".upload-results tr", has_text="notes.dcm")
+    assert "failed" in failed.inner_text()
+    shot(page, "ui-upload")
+    page.locator(".upload-results a").first.click()
+    page.wait_for_function("() => location.hash.startsWith('#/study')")
+    _ready(page)
+    assert pacs.api.get(f"/api/studies/{uid}").json()["num_instances"] == 3
+    # a viewer may not upload: no menu entry, and the page says why
+    pacs.add_user("noupload", "viewer", "noupload-pass-1")
+    other = _logged_in_page(pacs, new_page, "noupload", "noupload-pass-1")
+    assert other.locator("#nav a[data-route=upload]").count() == 0
+    _goto_hash(other, "#/upload")
+    assert "upload" in other.inner_text(".error-box")

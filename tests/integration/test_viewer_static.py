@@ -283,3 +283,147 @@ def test_missing_file_is_404(client: TestClient, tmp_path: Path) -> None:
     item.path.unlink()
     r = client.get(f"/api/instances/{ds.SOPInstanceUID}/document", headers=basic(*VIEWER))
     assert r.status_code == 404 and "missing from storage" in r.json()["error"]["message"]
+
+
+# == scripts/fetch_ohif.py on a synthetic tarball (no network) ============================
+def _fetch_module():  # noqa: ANN202
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "fetch_ohif.py"
+    spec = importlib.util.spec_from_file_location("fetch_ohif", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_tarball(path: Path, members: dict[str, bytes]) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+FAKE_INDEX = (
+    b'<!doctype html><html><head><script>window.PUBLIC_URL="/"</script>'
+    b'<link rel="manifest" href="/manifest.json">'
+    b'<script rel="preload" as="script" src="/app-config.js"></script>'
+    b'<script rel="preload" as="script" type="module" src="/init-service-worker.js"></script>'
+    b"<title>OHIF Viewer</title>"
+    b'<script defer src="/app.bundle.0123456789abcdef.js"></script>'
+    b'<link href="/app.bundle.css" rel="stylesheet"></head><body></body></html>'
+)
+RUNTIME = b'__webpack_require__.p = "/";\n' + b"/* code */\n" * 200
+
+
+def _fake_members(**changes: bytes | None) -> dict[str, bytes]:
+    members = {
+        "package/LICENSE": b"MIT",
+        "package/package.json": b"{}",
+        "package/dist/index.html": FAKE_INDEX,
+        "package/dist/app.bundle.0123456789abcdef.js": RUNTIME,
+        "package/dist/compute.bundle.fedcba9876543210.js": RUNTIME,
+        "package/dist/app.bundle.css": b"@font-face{src:url(/a34f9d1faa5f3315.woff2)}",
+        "package/dist/manifest.json": b'{"icons": [{"src": "/assets/a.png"}]}',
+        "package/dist/app-config.js": b"window.config = {dataSources: ['https://demo']};",
+        "package/dist/app.bundle.0123456789abcdef.js.map": b"{}",
+        "package/dist/sw.js": b"self.x = 1;",
+        "package/dist/init-service-worker.js": b"importScripts('https://cdn');",
+        "package/dist/ort/big.wasm": b"\0asm",
+        "package/dist/dicom-microscopy-viewer/x.js": b"x",
+        "package/dist/assets/a.png": b"png",
+    }
+    for name, value in changes.items():
+        key = "package/dist/" + name.replace("__", "/")
+        if value is None:
+            members.pop(key, None)
+        else:
+            members[key] = value
+    return members
+
+
+def test_fetch_script_installs_patched_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fetch = _fetch_module()
+    tarball = _fake_tarball(tmp_path / "app.tgz", _fake_members())
+    monkeypatch.setattr(fetch, "INTEGRITY", fetch.integrity_of(tarball))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    dest = tmp_path / "static" / "ohif"
+    assert fetch.main(["--dest", str(dest), "--tarball", str(tarball)]) == 0
+    html = (dest / "index.html").read_text()
+    assert 'window.PUBLIC_URL="/viewer/ohif/"' in html
+    assert 'src="/viewer/ohif/app.bundle.0123456789abcdef.js"' in html
+    assert 'href="/viewer/ohif/app.bundle.css"' in html and "init-service-worker" not in html
+    assert html.index("pacsbox-guard.js") < html.index("app-config.js")
+    for bundle in ("app.bundle.0123456789abcdef.js", "compute.bundle.fedcba9876543210.js"):
+        assert '__webpack_require__.p = "/viewer/ohif/";' in (dest / bundle).read_text()
+    assert "url(/viewer/ohif/a34f9d1faa5f3315.woff2)" in (dest / "app.bundle.css").read_text()
+    assert '"/viewer/ohif/assets/a.png"' in (dest / "manifest.json").read_text()
+    config = (dest / "app-config.js").read_text()
+    assert "https://" not in config and "routerBasename: '/viewer/ohif'" in config
+    assert (dest / "LICENSE.ohif.txt").read_bytes() == b"MIT"
+    for dropped in ("sw.js", "init-service-worker.js", "ort", "dicom-microscopy-viewer"):
+        assert not (dest / dropped).exists(), dropped
+    assert not list(dest.glob("*.map"))
+    gz = dest / "app.bundle.0123456789abcdef.js.gz"
+    assert gzip.decompress(gz.read_bytes()) == (dest / gz.name[:-3]).read_bytes()
+    # a second run is a no-op (the stamp matches); --force reinstalls
+    stamp = dest / ".pacsbox-ohif.json"
+    before = stamp.stat().st_mtime_ns
+    capsys.readouterr()
+    assert fetch.main(["--dest", str(dest), "--tarball", str(tarball)]) == 0
+    assert "already installed" in capsys.readouterr().out
+    assert stamp.stat().st_mtime_ns == before
+    assert fetch.main(["--dest", str(dest), "--tarball", str(tarball), "--force"]) == 0
+    assert stamp.stat().st_mtime_ns != before
+    # the cached tarball is used without network
+    cached = tmp_path / "cache" / "pacsbox" / f"ohif-app-{fetch.VERSION}.tgz"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(tarball.read_bytes())
+    other = tmp_path / "other"
+    monkeypatch.setattr(fetch, "TARBALL_URL", "http://127.0.0.1:9/unreachable.tgz")
+    assert fetch.main(["--dest", str(other)]) == 0
+    assert (other / "index.html").is_file()
+
+
+def test_fetch_script_refuses_bad_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fetch = _fetch_module()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    dest = tmp_path / "ohif"
+    good = _fake_tarball(tmp_path / "good.tgz", _fake_members())
+    monkeypatch.setattr(fetch, "INTEGRITY", fetch.integrity_of(good))
+    assert fetch.main(["--dest", str(dest), "--tarball", str(good)]) == 0
+    # a tarball that is not the pinned one: exit 2, the install stays as it was
+    bad = _fake_tarball(tmp_path / "bad.tgz", _fake_members(**{"sw.js": b"changed"}))
+    assert fetch.main(["--dest", str(dest), "--tarball", str(bad), "--force"]) == 2
+    assert "does not match the pinned integrity" in capsys.readouterr().err
+    assert (dest / "index.html").is_file()
+    # no network and no cache: a clear error naming the way out
+    monkeypatch.setattr(fetch, "TARBALL_URL", "http://127.0.0.1:9/unreachable.tgz")
+    assert fetch.main(["--dest", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot download" in err and "--tarball" in err and "npm pack" in err
+    # a build whose patch points moved (new OHIF): exit 3, nothing half-installed
+    for changes in (
+        {"app.bundle.0123456789abcdef.js": b"no runtime here"},
+        {"index.html": FAKE_INDEX.replace(b"PUBLIC_URL", b"BASE_URL")},
+    ):
+        moved = _fake_tarball(tmp_path / "moved.tgz", _fake_members(**changes))
+        monkeypatch.setattr(fetch, "INTEGRITY", fetch.integrity_of(moved))
+        assert fetch.main(["--dest", str(dest), "--tarball", str(moved), "--force"]) == 3
+        assert "changed shape" in capsys.readouterr().err
+        assert '"/viewer/ohif/"' in (dest / "index.html").read_text()  # the old one
+    assert not list(tmp_path.glob(".ohif-staging-*"))
+    # member names that would leave the folder are refused
+    evil = _fake_tarball(tmp_path / "evil.tgz", {**_fake_members(), "package/../../evil": b"x"})
+    monkeypatch.setattr(fetch, "INTEGRITY", fetch.integrity_of(evil))
+    assert fetch.main(["--dest", str(tmp_path / "e"), "--tarball", str(evil)]) == 3
+    assert not (tmp_path / "evil").exists() and not (tmp_path.parent / "evil").exists()

@@ -34,6 +34,11 @@ function csrfCookie() {
   return m ? decodeURIComponent(m[1]) : null;
 }
 
+/** The value of the X-CSRF-Token header for a state-changing request. */
+export function csrfHeader() {
+  return csrfToken || csrfCookie() || storedCsrf() || '';
+}
+
 /** The top progress bar shows while any request is in flight. */
 function busy(delta) {
   pending += delta;
@@ -58,7 +63,7 @@ async function errorMessage(r) {
  */
 export async function request(path, {method = 'GET', body, query, accept} = {}) {
   const headers = {'X-Requested-With': 'pacsbox-ui', Accept: accept || 'application/json'};
-  if (!['GET', 'HEAD'].includes(method)) headers['X-CSRF-Token'] = csrfToken || csrfCookie() || storedCsrf() || '';
+  if (!['GET', 'HEAD'].includes(method)) headers['X-CSRF-Token'] = csrfHeader();
   let payload;
   if (body instanceof FormData) {
     payload = body;

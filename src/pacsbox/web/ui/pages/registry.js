@@ -14,6 +14,7 @@ export const pages = [
   {route: 'series', module: './series.js', title: 'series.title', privilege: 'view'},
   {route: 'instance', module: './instance.js', title: 'instance.title', privilege: 'view'},
   {route: 'viewer', module: './viewer.js', title: 'viewer.title', privilege: 'view'},
+  {route: 'upload', module: './upload.js', title: 'nav.upload', privilege: 'upload', nav: 'main'},
   {route: 'shares', module: './shares.js', title: 'nav.shares', privilege: 'share', nav: 'main'},
   {route: 'dashboard', module: './dashboard.js', title: 'nav.dashboard', privilege: 'view', nav: 'main'},
   {route: 'aes', module: './aes.js', title: 'nav.aes', privilege: 'view', nav: 'admin'},
