@@ -218,6 +218,11 @@ def test_bad_requests(sqlite_client: TestClient, tmp_path: Path) -> None:
         assert r.status_code == 400, (body, r.text)
         assert r.json()["error"]["status"] == 400
     assert c.post("/api/studies/1.2.3.4/shares", json={}, headers=h).status_code == 404
+    # no body at all: the default validity
+    r = c.post(f"/api/studies/{study}/shares", headers=h)
+    assert r.status_code == 201 and r.json()["validity_from"] == "issue"
+    r = c.post(f"/api/studies/{study}/shares", content=b"{oops", headers=h)
+    assert r.status_code == 400
     assert c.post("/api/studies/bad..uid/shares", json={}, headers=h).status_code == 400
     assert c.delete("/api/shares/999", headers=h).status_code == 404
     assert c.delete("/api/shares/abc", headers=h).status_code == 400
@@ -261,6 +266,15 @@ def test_expiry_follows_the_clock(sqlite_archive, tmp_path: Path) -> None:  # no
     kept, kept_token = links.create(study, "rita", Validity(days=9), now=past)
     assert links.resolve(gone_token) is None
     assert links.resolve(kept_token) is not None and not gone.active() and kept.active()
+    # links dead for over a year are purged (at the next creation)
+    with sqlite_archive.engine.begin() as conn:
+        conn.execute(
+            update(SHARE)
+            .where(SHARE.c.id == gone.id)
+            .values(expires_at=utcnow() - timedelta(days=366))
+        )
+    links.create(study, "rita", Validity(days=1))
+    assert links.get(gone.id) is None and links.get(kept.id) is not None
 
 
 def test_setting_default_origin_study_date(sqlite_archive, tmp_path: Path) -> None:  # noqa: ANN001

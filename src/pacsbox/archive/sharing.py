@@ -235,6 +235,7 @@ class ShareLinks:
             default_days=default_days,
             default_origin=default_origin,
         )
+        self.purge()  # links dead for a year leave the table (cheap: few rows)
         token = secrets.token_urlsafe(TOKEN_BYTES)
         values = dict(
             token_hash=token_hash(token),
