@@ -25,7 +25,41 @@ USER, PASSWORD = "desk", "Front-Office-2026!"
 
 
 @pytest.fixture(scope="module")
-def service(pacs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: ANN001
+def his() -> Iterator[int]:
+    """An HTTP JSON worklist with one order (answers whatever is asked)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            body = json.dumps(
+                [
+                    {
+                        "id": "WL-42",
+                        "last": "Muster",
+                        "first": "Maxi",
+                        "dob": "19800202",
+                        "acc": "ACC42",
+                        "desc": "Skin check",
+                    }
+                ]
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield httpd.server_port
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def service(pacs, his: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: ANN001
     root = tmp_path_factory.mktemp("stp-ui")
     res = pacs.server.cli("ae", "add", "SENDTOPACS", "--host", "127.0.0.1", "--port", "104")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -47,6 +81,21 @@ def service(pacs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  #
                         "host": "127.0.0.1",
                         "port": free_port(),
                     },
+                ],
+                "worklist_devices": [
+                    {
+                        "name": "his",
+                        "kind": "http",
+                        "url": f"http://127.0.0.1:{his}/orders?pid={{patient_id}}",
+                        "mapping": {
+                            "patient_id": "id",
+                            "last_name": "last",
+                            "first_name": "first",
+                            "birth_date": "dob",
+                            "accession_number": "acc",
+                            "study_description": "desc",
+                        },
+                    }
                 ],
                 "service": {
                     "state_dir": str(root / "state"),
@@ -187,3 +236,28 @@ def test_settings_tabs_and_echo(service: str, new_page) -> None:  # noqa: ANN001
     shot(page, "sendtopacs-ui-devices")
     r = httpx.get(f"{service}/api/settings", auth=(USER, PASSWORD))
     assert r.json()["station_name"] == "DESK1"
+
+
+def test_worklist_search_fills_the_form(service: str, new_page) -> None:  # noqa: ANN001
+    page = _open(new_page, service)
+    page.click("#btn-info")
+    page.locator("#patient-dialog").wait_for(state="visible")
+    page.click("#btn-search")
+    search = page.locator("#search-dialog")
+    search.wait_for(state="visible")
+    page.wait_for_selector("#search-form [name=device] option[value=his]", state="attached")
+    search.locator("[name=patient_id]").fill("WL-42")
+    page.click("#search-run")
+    result = page.locator("#search-results tbody tr", has_text="WL-42")
+    result.wait_for()
+    assert "Muster^Maxi" in result.inner_text()
+    shot(page, "sendtopacs-ui-worklist")
+    result.locator("button", has_text="Select").click()
+    search.wait_for(state="hidden")
+    form = page.locator("#patient-form")
+    assert form.locator("[name=patient_id]").input_value() == "WL-42"
+    assert form.locator("[name=last_name]").input_value() == "Muster"
+    assert form.locator("[name=first_name]").input_value() == "Maxi"
+    assert form.locator("[name=birth_date]").input_value() == "1980-02-02"
+    assert form.locator("[name=accession_number]").input_value() == "ACC42"
+    assert form.locator("[name=study_description]").input_value() == "Skin check"
