@@ -313,3 +313,62 @@ def test_upload_files_with_progress(pacs: Any, new_page: Any, tmp_path: Path) ->
     assert other.locator("#nav a[data-route=upload]").count() == 0
     _goto_hash(other, "#/upload")
     assert "upload" in other.inner_text(".error-box")
+
+
+def test_api_token_created_used_and_revoked(pacs: Any, new_page: Any) -> None:
+    import httpx
+
+    page = _logged_in_page(pacs, new_page)
+    page.click("#who")  # the user's name opens the account page
+    page.wait_for_function("() => location.hash.startsWith('#/password')")
+    _ready(page)
+    page.fill("input[name=token_name]", "nightly script")
+    page.select_option("select[name=token_days]", "30")
+    page.click("#tokens button[type=submit]")
+    token = page.locator("dialog[open] .share-link input").input_value()
+    assert token.startswith("pbx_")
+    page.keyboard.press("Enter")  # the one button closes the dialog
+    page.locator("dialog[open]").wait_for(state="detached")
+    row = page.locator("#tokens tbody tr", has_text="nightly script")
+    row.wait_for()
+    assert "active" in row.inner_text()
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{pacs.url}/api/me", headers=bearer).json()["user"]["username"] == "admin"
+    row.locator("button").click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#tokens tbody tr')]"
+        ".some(r => r.innerText.includes('nightly script') && r.innerText.includes('revoked'))"
+    )
+    assert httpx.get(f"{pacs.url}/api/me", headers=bearer).status_code == 401
+
+
+def test_delete_series_and_patient(pacs: Any, new_page: Any, tmp_path: Path) -> None:
+    uid, files = _study_files(
+        tmp_path,
+        "DP1",
+        "Del^Patient",
+        __import__("datetime").date(2024, 3, 4),
+        "CT",
+        "Two series",
+        "DP1",
+        n_series=2,
+        per_series=1,
+    )
+    pacs.store(files)
+    series = pacs.api.get(f"/api/studies/{uid}/series").json()
+    page = _logged_in_page(pacs, new_page)
+    _goto_hash(page, f"#/series?study={uid}&uid={series[0]['series_instance_uid']}")
+    page.click(".page-series [data-action=delete]")
+    page.click("dialog[open] button.danger")
+    page.wait_for_function("() => location.hash.startsWith('#/study')")
+    _ready(page)
+    assert page.locator(".series-card").count() == 1
+    assert pacs.api.get(f"/api/studies/{uid}").json()["num_series"] == 1
+    page.click(".crumbs a:nth-child(2)")  # the patient
+    page.wait_for_function("() => location.hash.startsWith('#/patient')")
+    _ready(page)
+    page.click(".page-patient [data-action=delete]")
+    assert "1 studies" in page.inner_text("dialog[open]")
+    page.click("dialog[open] button.danger")
+    page.wait_for_function("() => location.hash === '#/list'")
+    assert pacs.api.get("/api/patients/DP1").status_code == 404

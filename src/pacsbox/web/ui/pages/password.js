@@ -1,9 +1,10 @@
 // Change one's own password (forced for the default admin: SPEC E3). POST /api/me/password.
 import {api} from '../api.js';
 import {renderChrome} from '../app.js';
-import {field, h} from '../dom.js';
+import {field, fmtDateTime, h} from '../dom.js';
 import {t} from '../i18n.js';
-import {errorBox, toast} from '../widgets.js';
+import {badge, dialog, errorBox, table, toast} from '../widgets.js';
+import {copyButton} from './actions.js';
 
 export async function render({el, params, navigate, session}) {
   const forced = session.me.user.must_change_password;
@@ -37,5 +38,53 @@ export async function render({el, params, navigate, session}) {
     }
   });
   el.append(form);
+  if (!forced) el.append(await tokensSection());
   current.focus();
+}
+
+/** One's own API tokens (Authorization: Bearer): list, create (shown once), revoke. */
+async function tokensSection() {
+  const box = h('section', {class: 'tokens', id: 'tokens'});
+  const fill = async () => {
+    const tokens = await api('/api/tokens');
+    const name = h('input', {name: 'token_name', maxlength: 128, placeholder: t('token.name_hint'), 'aria-label': t('token.name')});
+    const days = h('select', {name: 'token_days', 'aria-label': t('token.expires')},
+      [['30', 'token.days30'], ['365', 'token.year'], ['', 'token.never']].map(([v, k]) => h('option', {value: v}, t(k))));
+    const create = h('form', {class: 'inline-form'}, name, days, h('button', {type: 'submit', class: 'ghost'}, t('token.create')));
+    create.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      try {
+        const made = await api('/api/tokens', {method: 'POST',
+          body: {name: name.value, expires_days: days.value ? Number(days.value) : null}});
+        await dialog({title: t('token.created'), info: true, build: () => [
+          h('p', {class: 'muted small'}, t('token.once')),
+          h('div', {class: 'share-link'}, h('input', {readonly: true, value: made.token, class: 'mono', 'aria-label': t('token.name')}), copyButton(made.token))]});
+        fill();
+      } catch (err) {
+        toast(err.message, 'error');
+      }
+    });
+    box.replaceChildren(h('h2', {}, t('token.title')), h('p', {class: 'muted'}, t('token.help')), create, table([
+      {label: t('token.name'), value: (k) => k.name || ''},
+      {label: t('token.prefix'), value: (k) => h('span', {class: 'mono'}, `${k.prefix}…`)},
+      {label: t('share.created_at'), value: (k) => fmtDateTime(k.created_at)},
+      {label: t('token.last_used'), value: (k) => fmtDateTime(k.last_used_at)},
+      {label: t('token.expires'), value: (k) => fmtDateTime(k.expires_at) || t('token.never')},
+      {label: t('share.state'), value: (k) => (k.active ? badge(t('share.active'), 'ok') : badge(t('share.revoked'), 'bad'))},
+      {label: '', class: 'actions', value: (k) => (k.active ? h('button', {type: 'button', class: 'ghost small danger', onclick: async () => {
+        try {
+          await api(`/api/tokens/${encodeURIComponent(k.id)}`, {method: 'DELETE'});
+          fill();
+        } catch (err) {
+          toast(err.message, 'error');
+        }
+      }}, t('share.revoke')) : '')},
+    ], tokens, {empty: t('token.none')}));
+  };
+  try {
+    await fill();
+  } catch (err) {
+    box.replaceChildren(errorBox(err));
+  }
+  return box;
 }

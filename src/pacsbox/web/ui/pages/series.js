@@ -3,7 +3,7 @@ import {api} from '../api.js';
 import {fmtBytes, fmtName, h, hashUrl} from '../dom.js';
 import {t} from '../i18n.js';
 import {icon} from '../icons.js';
-import {table} from '../widgets.js';
+import {confirmDialog, table, toast} from '../widgets.js';
 import {viewerUrl} from './actions.js';
 import {breadcrumbs, details} from './study.js';
 import {sopClassName} from './sopclass.js';
@@ -19,7 +19,19 @@ export async function render({el, params, navigate, can}) {
     [study.study_description || t('study.title'), hashUrl('study', {uid: studyUid})],
     [`${series.modality || ''} #${series.series_number ?? ''}`]),
   h('h1', {}, series.series_description || `${t('series.title')} ${series.series_number ?? ''}`),
-  can('view') ? h('div', {class: 'action-bar'}, h('a', {class: 'ghost button', href: viewerUrl(studyUid), dataset: {action: 'view'}}, icon('view'), t('action.view'))) : null,
+  h('div', {class: 'action-bar'},
+    can('view') ? h('a', {class: 'ghost button', href: viewerUrl(studyUid), dataset: {action: 'view'}}, icon('view'), t('action.view')) : null,
+    can('delete') ? h('button', {type: 'button', class: 'ghost danger', dataset: {action: 'delete'}, onclick: async () => {
+      const ok = await confirmDialog(t('delete.series_title'), t('delete.series_confirm', {n: series.num_instances ?? instances.length}), t('action.delete'));
+      if (!ok) return;
+      try {
+        await api(`/api/series/${encodeURIComponent(uid)}`, {method: 'DELETE'});
+        toast(t('delete.done_series'), 'ok');
+        navigate(hashUrl('study', {uid: studyUid}));
+      } catch (err) {
+        toast(err.message, 'error');
+      }
+    }}, icon('delete'), t('action.delete')) : null),
   details([[t('key.modality'), series.modality], [t('key.seriesnumber'), series.series_number],
     [t('key.bodypartexamined'), series.body_part_examined], [t('series.images_label'), series.num_instances],
     [t('key.seriesinstanceuid'), h('span', {class: 'mono'}, uid)]]),
