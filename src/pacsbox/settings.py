@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # lives, and whether RSA PKCS#1 v1.5 ciphertexts are accepted besides RSA-OAEP (SHA-256).
     otp_ttl_seconds: int = Field(60, ge=5, le=3600)
     otp_allow_pkcs1v15: bool = False
+    #: when set, the one-time private keys are AES-256-GCM encrypted in the database with a
+    #: key derived from it (every node must then have the same value)
+    otp_key_secret: str | None = None
     # Study share links (SPEC E7, archive/sharing.py): default validity and its origin.
     share_default_days: int = Field(7, ge=1, le=3650)
     share_validity_from: Literal["issue", "study_date"] = "issue"
@@ -177,7 +180,7 @@ class Settings(BaseSettings):
             value = getattr(self, key)
             if key == "database_url" and value:
                 value = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1****@", value)
-            if key == "metrics_token" and value:
+            if key in ("metrics_token", "otp_key_secret") and value:
                 value = "****"
             out[key] = str(value) if isinstance(value, Path) else value
         return out
@@ -295,6 +298,7 @@ url_login_enabled = false      # HIS/RIS links may log in with id=...&password=.
 # HIS/RIS one-time-password login (GET /api/otp, POST /api/otp/login)
 otp_ttl_seconds = 60           # s a one-time key may be used
 otp_allow_pkcs1v15 = false     # also accept RSA PKCS#1 v1.5 ciphertexts (legacy clients)
+# otp_key_secret = "long-random-secret"  # encrypt the one-time private keys in the database
 # Study share links: validity when the creator gives none, counted from "issue" or "study_date"
 share_default_days = 7
 share_validity_from = "issue"

@@ -245,3 +245,25 @@ def test_code_and_password_never_logged(
     assert code not in server and PASSWORD not in server
     assert "PRIVATE KEY" not in server
     assert "POST /api/otp/login 200 user=his" in server
+
+
+def test_private_keys_sealed_with_the_secret(sqlite_archive) -> None:  # noqa: ANN001
+    """With otp_key_secret the database holds no usable private key; a node with the same
+    secret redeems the code, one without it (or with another) cannot."""
+    with _client(sqlite_archive, otp_key_secret="node-secret-1") as c:
+        key = fetch_key(c)
+        with sqlite_archive.engine.connect() as conn:
+            stored = conn.execute(select(OTP_KEY.c.private_key)).scalar_one()
+        assert stored.startswith("aesgcm:") and "PRIVATE KEY" not in stored
+        code = encrypt(key["public_key"], f"id=his&password={PASSWORD}")
+    app = create_app(sqlite_archive, sqlite_archive.settings.model_copy())
+    with TestClient(app) as other:  # no secret: cannot open the sealed key
+        assert other.post("/api/otp/login", json={"code": code}).status_code == 401
+    settings = sqlite_archive.settings.model_copy(update={"otp_key_secret": "another"})
+    with TestClient(create_app(sqlite_archive, settings)) as other:
+        assert other.post("/api/otp/login", json={"code": code}).status_code == 401
+    settings = sqlite_archive.settings.model_copy(update={"otp_key_secret": "node-secret-1"})
+    with TestClient(create_app(sqlite_archive, settings)) as same:
+        r = same.post("/api/otp/login", json={"code": code})
+        assert r.status_code == 200, r.text
+        assert same.app.state.pacs.settings.masked()["otp_key_secret"] == "****"  # type: ignore[attr-defined]

@@ -22,7 +22,9 @@ Single use: the key row is deleted by the login that uses it (a row-count check 
 concurrent logins with one key fail except one); a login naming its ``key_id`` burns that key
 whatever the outcome. Keys expire after ``otp_ttl_seconds`` (60) and are purged. The private
 keys are kept in the index database (table ``otp_key``, migration 0004) so that any HTTP
-process or node can answer; they live at most ``otp_ttl_seconds`` and are never logged.
+process or node can answer; they live at most ``otp_ttl_seconds``, are never logged, and with
+the setting ``otp_key_secret`` are stored AES-256-GCM encrypted (a copy of the database then
+decrypts no code).
 
 Abuse limits: a client address may hold at most ``MAX_KEYS_PER_CLIENT`` unused keys and the
 server ``MAX_KEYS`` (RSA key generation costs ~50 ms of CPU); undecryptable codes count as
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import secrets
 from dataclasses import dataclass
@@ -42,8 +45,10 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -72,6 +77,7 @@ MAX_KEYS = 1000
 #: keys tried for a code sent without ``key_id`` (the client's own first, newest first)
 MAX_CANDIDATES = 16
 MAX_CODE_CHARS = 2048
+SEALED_PREFIX = "aesgcm:"
 MAX_PLAINTEXT = 190  # RSA-OAEP-SHA256 with a 2048-bit key carries at most 190 bytes
 
 #: migration 0004
@@ -107,10 +113,49 @@ class IssuedKey:
 
 
 class OtpKeys:
-    """The one-time key pairs in the index database. Thread- and process-safe."""
+    """The one-time key pairs in the index database. Thread- and process-safe.
 
-    def __init__(self, engine: Engine) -> None:
+    With ``secret`` (setting ``otp_key_secret``) a private key is stored as
+    ``aesgcm:<base64(nonce | AES-256-GCM(PKCS#8 DER))>``, the key id as associated data and
+    the AES key SHA-256 of a label and the secret; without, as PKCS#8 PEM."""
+
+    def __init__(self, engine: Engine, secret: str | None = None) -> None:
         self.engine = engine
+        self._aes = (
+            AESGCM(hashlib.sha256(b"pacsbox otp_key v1\0" + secret.encode()).digest())
+            if secret
+            else None
+        )
+
+    def _seal(self, key: rsa.RSAPrivateKey, key_id: str) -> str:
+        if self._aes is None:
+            return key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ).decode("ascii")
+        der = key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        nonce = secrets.token_bytes(12)
+        sealed = nonce + self._aes.encrypt(nonce, der, key_id.encode())
+        return SEALED_PREFIX + base64.b64encode(sealed).decode("ascii")
+
+    def _open(self, stored: str, key_id: str) -> rsa.RSAPrivateKey | None:
+        try:
+            if stored.startswith(SEALED_PREFIX):
+                if self._aes is None:
+                    return None  # sealed by a node that has the secret; this one has not
+                sealed = base64.b64decode(stored[len(SEALED_PREFIX) :])
+                der = self._aes.decrypt(sealed[:12], sealed[12:], key_id.encode())
+                key = serialization.load_der_private_key(der, password=None)
+            else:
+                key = serialization.load_pem_private_key(stored.encode("ascii"), password=None)
+        except (InvalidTag, ValueError, binascii.Error):
+            return None
+        return key if isinstance(key, rsa.RSAPrivateKey) else None
 
     def purge(self) -> int:
         with self.engine.begin() as conn:
@@ -133,11 +178,6 @@ class OtpKeys:
         if total >= MAX_KEYS:
             raise OtpBusy("too many unused one-time keys on the server; try again shortly")
         key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_SIZE)
-        private_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode("ascii")
         public_pem = (
             key.public_key()
             .public_bytes(
@@ -150,7 +190,7 @@ class OtpKeys:
             conn.execute(
                 OTP_KEY.insert().values(
                     key_id=key_id,
-                    private_key=private_pem,
+                    private_key=self._seal(key, key_id),
                     client=client[:64],
                     created_at=now,
                     expires_at=now + timedelta(seconds=ttl),
@@ -199,7 +239,8 @@ class OtpKeys:
         if not candidates:
             raise OtpError("unknown, used or expired one-time key")
         for row in candidates:
-            plaintext = _decrypt(row.private_key, ciphertext, allow_pkcs1v15)
+            private = self._open(row.private_key, row.key_id)
+            plaintext = _decrypt(private, ciphertext, allow_pkcs1v15) if private else None
             if plaintext is None:
                 continue
             if key_id is None and not self._consume(row.key_id):
@@ -225,9 +266,7 @@ def decode_code(code: str) -> bytes:
     return raw
 
 
-def _decrypt(private_pem: str, ciphertext: bytes, allow_pkcs1v15: bool) -> bytes | None:
-    key = serialization.load_pem_private_key(private_pem.encode("ascii"), password=None)
-    assert isinstance(key, rsa.RSAPrivateKey)
+def _decrypt(key: rsa.RSAPrivateKey, ciphertext: bytes, allow_pkcs1v15: bool) -> bytes | None:
     schemes: list[Any] = list(_OAEP)
     if allow_pkcs1v15:
         schemes.append(padding.PKCS1v15())
@@ -268,7 +307,8 @@ def _keys(request: Request) -> OtpKeys:
     state = request.app.state
     keys = getattr(state, "otp_keys", None)
     if keys is None:
-        keys = state.otp_keys = OtpKeys(context(request).archive.engine)
+        ctx = context(request)
+        keys = state.otp_keys = OtpKeys(ctx.archive.engine, ctx.settings.otp_key_secret)
     return keys
 
 
