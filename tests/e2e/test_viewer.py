@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 from pacsbox.web.viewer import OHIF_DIR
 from tests.e2e.util import login, shot
 from tests.helpers import make_ct
-from tests.unit.test_sr_report import make_pdf, make_sr, minimal_pdf
+from tests.unit.test_sr_report import HOSTILE, make_pdf, make_sr, minimal_pdf
 
 N_IMAGES = 300
 SIZE = 512
@@ -289,14 +289,22 @@ def test_open_ct_time_to_first_image_scroll_window_level(
 
 
 def test_sr_report_page(pacs: Any, new_page: Any, ct_study: dict[str, str]) -> None:
+    """The SR rendered as HTML: readable, and its hostile strings stay text (no dialog)."""
     page = new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     login(page, pacs.url, "admin", pacs.admin_password)
-    page.goto(f"{pacs.url}/api/instances/{ct_study['sr']}/report")
+    response = page.goto(f"{pacs.url}/api/instances/{ct_study['sr']}/report")
+    assert response is not None and response.status == 200
+    assert "default-src 'none'" in response.headers["content-security-policy"]
     body = page.locator("body").inner_text()
     assert "Diagnostic Imaging Report" in body
     assert "No acute intracranial abnormality." in body
     assert "Lesion diameter: 12.5 mm" in body
-    assert page.evaluate("() => window.__pwned === undefined")
+    assert HOSTILE in body  # shown as text
+    assert page.locator("script, img").count() == 0
+    page.wait_for_timeout(300)
+    assert dialogs == []
     shot(page, "viewer-sr-report", full_page=True)
 
 
