@@ -112,8 +112,25 @@ def _listed_ids(page: Any) -> list[str]:
     return sorted(page.locator(".results tbody tr.clickable td:nth-child(2)").all_inner_texts())
 
 
+def _watch_errors(page: Any) -> list[str]:
+    """Uncaught script errors and Content-Security-Policy violations of ``page``."""
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    page.on(
+        "console",
+        lambda msg: (
+            errors.append(msg.text)
+            if msg.type == "error" and "Content Security Policy" in msg.text
+            else None
+        ),
+    )
+    page.pacsbox_errors = errors
+    return errors
+
+
 def _logged_in_page(pacs: Any, new_page: Any, user: str = "admin", pw: str | None = None) -> Any:
     page = new_page()
+    _watch_errors(page)
     login(page, pacs.url, user, pw or pacs.admin_password)
     page.goto(f"{pacs.url}/#/list")
     _ready(page)
@@ -217,6 +234,7 @@ def test_study_list_url_parameters_every_operator(
     assert "nosuchkey" in page.inner_text(".results .error-box")
     _goto_hash(page, "#/list?accessionnumber=OP*")
     shot(page, "ui-study-list")
+    assert page.pacsbox_errors == []
 
 
 def test_study_list_sorting_and_paging(pacs: Any, new_page: Any, studies: dict[str, str]) -> None:
@@ -297,6 +315,7 @@ def test_drill_down_patient_study_series_instance_tag_dump(
     _ready(page)
     assert "D900" in page.inner_text("main"), page.inner_text("main")
     assert page.locator("tbody tr.clickable").count() == 1
+    assert page.pacsbox_errors == []
 
 
 # -- privileges --------------------------------------------------------------------------------
@@ -364,6 +383,7 @@ def test_admin_pages_render(pacs: Any, new_page: Any, studies: dict[str, str]) -
     assert page.locator("tbody tr").count() >= 1
     assert set(page.locator("tbody tr td:nth-child(3)").all_inner_texts()) == {"login"}
     shot(page, "ui-audit")
+    assert page.pacsbox_errors == []
 
 
 def test_settings_users_language_and_viewer_link(

@@ -104,10 +104,6 @@ def login_page() -> RedirectResponse:
     return RedirectResponse("/#/login", status_code=302)
 
 
-#: route templates served without credentials (added to pacsbox.web.app.PUBLIC_ROUTES)
-UI_PUBLIC_ROUTES = frozenset({"/", "/ui/{path:path}", "/login"})
-
-
 class NoBasicPromptMiddleware:
     """Drops ``WWW-Authenticate`` from 401 answers to the application's own requests."""
 

@@ -34,7 +34,7 @@ function dumpRows(dataset, names, depth = 0, rows = []) {
     const name = names[tag] || (Number.parseInt(tag.slice(0, 4), 16) % 2 ? t('instance.private') : '');
     const value = element.vr === 'SQ' ? t('instance.items', {n: (element.Value || []).length}) : valueText(element);
     rows.push(h('tr', {class: `depth-${Math.min(depth, 4)}`},
-      h('td', {class: 'mono nowrap', style: null}, `${'  '.repeat(depth)}${fmtTag(tag)}`),
+      h('td', {class: 'mono nowrap'}, `${'  '.repeat(depth)}${fmtTag(tag)}`),
       h('td', {}, name), h('td', {class: 'mono'}, element.vr || ''),
       h('td', {class: 'value'}, value.length > 400 ? `${value.slice(0, 400)}…` : value)));
     if (element.vr === 'SQ') {
