@@ -73,6 +73,16 @@ def test_share_link_in_a_fresh_browser(pacs: Any, new_page: Any, tmp_path: Path)
     )
     shot(page, "share-page")
 
+    # CT window presets: the rendered image changes
+    assert page.is_visible("#wl")
+    before = page.locator("#view").screenshot()
+    page.select_option("#wl", "300,1500")
+    page.wait_for_function(
+        "() => { const v = document.getElementById('view');"
+        " return v.src.includes('window=300,1500') && v.complete && v.naturalWidth > 0; }"
+    )
+    assert page.locator("#view").screenshot() != before
+
     # download the original zip
     with page.expect_download() as info:
         page.click("#dl-original")

@@ -413,7 +413,8 @@ min-height:0}}
 #bar{{display:flex;gap:.6rem;align-items:center;padding:.4rem .8rem;background:#171b21}}
 #bar button{{background:#334155;color:#fff;border:0;border-radius:4px;padding:.3rem .7rem;
 cursor:pointer}}
-#pos{{flex:1}}#count{{min-width:6rem;text-align:right;color:#9aa4af}}
+#pos{{flex:1}}#wl{{background:#1b2129;color:#d8dde3;border:1px solid #2a3038;
+border-radius:4px;padding:.25rem}}#count{{min-width:6rem;text-align:right;color:#9aa4af}}
 #note{{padding:1rem;color:#9aa4af}}
 @media (max-width:700px){{#wrap{{flex-direction:column}}nav{{width:auto;display:flex;
 overflow-x:auto;border-right:0}}nav button{{width:110px;flex:none;margin-right:.4rem}}
@@ -433,7 +434,11 @@ nav img{{height:80px}}}}
 <main><div id="stage"><img id="view" alt="image"></div>
 <div id="bar"><button id="prev" aria-label="previous image">&#9664;</button>
 <input id="pos" type="range" min="0" max="0" value="0" aria-label="image">
-<button id="next" aria-label="next image">&#9654;</button><span id="count"></span></div>
+<button id="next" aria-label="next image">&#9654;</button>
+<select id="wl" aria-label="window" hidden><option value="">Window: as stored</option>
+<option value="40,400">Soft tissue 40/400</option><option value="-600,1500">Lung -600/1500</option>
+<option value="300,1500">Bone 300/1500</option><option value="40,80">Brain 40/80</option>
+</select><span id="count"></span></div>
 </main></div>
 <script type="application/json" id="data" nonce="{nonce}">{data}</script>
 <script nonce="{nonce}">
@@ -442,17 +447,28 @@ nav img{{height:80px}}}}
   const base = data.base, nav = document.getElementById('series');
   const view = document.getElementById('view'), pos = document.getElementById('pos');
   const count = document.getElementById('count');
+  const wl = document.getElementById('wl');
   let frames = [], current = null;
+  function src(i) {{
+    const f = frames[i];
+    return base + '/series/' + current.uid + '/instances/' + f[0] + '/rendered?frame=' + f[1] +
+      (wl.value ? '&window=' + wl.value : '');
+  }}
   function show(i) {{
     if (!frames.length) return;
     i = Math.max(0, Math.min(frames.length - 1, i));
     pos.value = i;
-    const f = frames[i];
-    view.src = base + '/series/' + current.uid + '/instances/' + f[0] + '/rendered?frame=' + f[1];
+    view.src = src(i);
     count.textContent = (i + 1) + ' / ' + frames.length;
+    [1, 2, 3, -1].forEach(function (d) {{  // the next images are ready when scrolled to
+      if (i + d >= 0 && i + d < frames.length) new Image().src = src(i + d);
+    }});
   }}
+  wl.addEventListener('change', function () {{ show(+pos.value); }});
   function open(se, button) {{
     current = se;
+    wl.hidden = se.modality !== 'CT';
+    if (wl.hidden) wl.value = '';
     frames = [];
     se.images.forEach(function (im) {{
       for (let n = 1; n <= im[1]; n++) frames.push([im[0], n]);
