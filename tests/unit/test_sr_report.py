@@ -353,6 +353,8 @@ def test_read_stored_formats(tmp_path: Path, fmt: str, ts: str) -> None:
     from pydicom.filewriter import write_dataset
 
     ds = make_sr()
+    ds.PixelData = b"\x01" * 4096  # not read when stopping before pixels
+    ds["PixelData"].VR = "OB"
     path = tmp_path / "sr.dcm"
     if fmt == "part10":
         ds.file_meta.TransferSyntaxUID = ts
@@ -372,6 +374,9 @@ def test_read_stored_formats(tmp_path: Path, fmt: str, ts: str) -> None:
     item = sr_report.StoredInstance(path, ts, fmt, COMPREHENSIVE_SR, "1", "2", "3")
     page = render_report(sr_report.read_stored(item))
     assert "No acute intracranial abnormality." in page and "Lesion diameter" in page
+    assert len(sr_report.read_stored(item).PixelData) == 4096
+    head = sr_report.read_stored(item, stop_before_pixels=True)
+    assert "PixelData" not in head and "Lesion diameter" in render_report(head)
 
 
 def test_read_stored_garbage(tmp_path: Path) -> None:

@@ -102,28 +102,43 @@ def find_instance(engine: Any, store: Any, sop_uid: str) -> StoredInstance | Non
     return StoredInstance(path, str(ts), str(fmt), str(sop_class), str(sop), str(series), study)
 
 
-def read_stored(item: StoredInstance) -> Dataset:
-    """The whole data set of a stored instance. Raises OSError (missing file) or
-    NotAReport (unreadable)."""
-    data = item.path.read_bytes()
-    try:
-        if len(data) >= 132 and data[128:132] == b"DICM":
-            return dcmread(io.BytesIO(data), force=True)  # pydicom inflates deflated files
-        ts = item.transfer_syntax_uid
-        if ts == DEFLATED_LE:
-            data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data)
-        return read_dataset(
-            io.BytesIO(data), is_implicit_VR=ts == IMPLICIT_LE, is_little_endian=ts != EXPLICIT_BE
-        )
-    except Exception as exc:  # any parse problem of a stored object
-        raise NotAReport(f"the stored object cannot be read: {exc}") from exc
+def _at_pixels(tag: Any, _vr: Any, _length: Any) -> bool:
+    return int(tag) >= 0x7FE00010
 
 
-def load_instance(engine: Any, store: Any, sop_uid: str) -> tuple[StoredInstance, Dataset] | None:
+def read_stored(item: StoredInstance, stop_before_pixels: bool = False) -> Dataset:
+    """The data set of a stored instance (without Pixel Data and what follows it when
+    ``stop_before_pixels``: an SR needs none, a large image is then not read). Raises
+    OSError (missing file) or NotAReport (unreadable)."""
+    with open(item.path, "rb") as fh:
+        head = fh.read(132)
+        fh.seek(0)
+        try:
+            if len(head) == 132 and head[128:132] == b"DICM":
+                # pydicom inflates deflated Part-10 files itself
+                return dcmread(fh, force=True, stop_before_pixels=stop_before_pixels)
+            ts = item.transfer_syntax_uid
+            stream: Any = fh
+            if ts == DEFLATED_LE:
+                stream = io.BytesIO(zlib.decompressobj(-zlib.MAX_WBITS).decompress(fh.read()))
+            return read_dataset(
+                stream,
+                is_implicit_VR=ts == IMPLICIT_LE,
+                is_little_endian=ts != EXPLICIT_BE,
+                stop_when=_at_pixels if stop_before_pixels else None,
+            )
+        except Exception as exc:  # any parse problem of a stored object
+            raise NotAReport(f"the stored object cannot be read: {exc}") from exc
+
+
+def load_instance(
+    engine: Any, store: Any, sop_uid: str, stop_before_pixels: bool = False
+) -> tuple[StoredInstance, Dataset] | None:
+    """The index row and data set of ``sop_uid`` (None when unknown)."""
     item = find_instance(engine, store, sop_uid)
     if item is None:
         return None
-    return item, read_stored(item)
+    return item, read_stored(item, stop_before_pixels)
 
 
 # == Encapsulated Document (PS3.3 §C.24.2) ===================================================

@@ -208,10 +208,14 @@ def _sop(value: str) -> str:
 
 
 def _load(request: Request, sop_uid: str) -> tuple[sr_report.StoredInstance, Any]:
+    """The instance and its data set up to Pixel Data (an SR or an encapsulated document
+    needs nothing after it; a large image is then not read)."""
     ctx = context(request)
     uid = _sop(sop_uid)
     try:
-        found = sr_report.load_instance(ctx.archive.engine, ctx.archive.store, uid)
+        found = sr_report.load_instance(
+            ctx.archive.engine, ctx.archive.store, uid, stop_before_pixels=True
+        )
     except OSError as exc:
         raise HTTPException(404, f"instance {uid} is missing from storage") from exc
     except sr_report.NotAReport as exc:
