@@ -138,16 +138,18 @@ def tag_offset(data: bytes, group: int, element: int) -> int:
 
 
 # -- DICOM client helpers -----------------------------------------------------------------
-#: The server serves storage-only associations with its lean acceptor and everything else with
-#: pynetdicom; C-STORE tests run on both paths ("mixed" also proposes a C-FIND context).
+#: The server serves storage/verification/C-FIND associations with its lean acceptor and
+#: everything else with pynetdicom; C-STORE tests run on both paths ("mixed" also proposes a
+#: C-MOVE context, which only pynetdicom serves).
 ROUTES = ["storage-only", "mixed"]
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 
 
 def client(route: str = "storage-only") -> AE:
     ae = AE(ae_title="HOSTILE")
     if route == "mixed":
-        ae.add_requested_context(STUDY_ROOT_FIND)
+        ae.add_requested_context(STUDY_ROOT_MOVE)
     for sop_class in (CT, MR):
         for ts in (EXPLICIT_LE, IMPLICIT_LE):  # one context per syntax: both get accepted
             ae.add_requested_context(sop_class, ts)
@@ -457,7 +459,8 @@ def test_stalled_peer_is_disconnected(hostile: Hostile, variant: str):
 
 def associate_rq(route: str) -> bytes:
     """A well-formed A-ASSOCIATE-RQ (PS3.8 §9.3.2) proposing CT Image Storage (and, for the
-    "mixed" route, Study Root C-FIND) in Implicit VR Little Endian."""
+    "mixed" route, Study Root C-MOVE; for "find", Study Root C-FIND as context 3) in Implicit
+    VR Little Endian."""
 
     def item(kind: int, body: bytes) -> bytes:
         return struct.pack(">BBH", kind, 0, len(body)) + body
@@ -473,6 +476,8 @@ def associate_rq(route: str) -> bytes:
     body = associate_rq_fixed(calling=b"STALLER") + item(0x10, b"1.2.840.10008.3.1.1.1")
     body += context(1, CT)
     if route == "mixed":
+        body += context(3, STUDY_ROOT_MOVE)
+    elif route == "find":
         body += context(3, STUDY_ROOT_FIND)
     user = item(0x51, struct.pack(">I", 16384)) + item(0x52, b"1.2.826.0.1.3680043.10.999.1")
     return pdu(0x01, body + item(0x50, user))
@@ -516,6 +521,88 @@ def test_stalled_association_is_disconnected(hostile: Hostile, route: str, varia
         _got, closed = _drain(sock, STALL_DEADLINE)
     assert closed, f"association still open after {STALL_DEADLINE:.0f} s"
     assert time.monotonic() - started < STALL_DEADLINE
+    assert_healthy(hostile)
+
+
+# -- C-FIND on the lean acceptor: bad identifiers, protocol violations ---------------------
+def _find_rq(message_id: int) -> bytes:
+    from pacsbox.dicom.commands import cmd_element, command_set, pad_ui
+
+    return command_set(
+        [
+            cmd_element(0x0002, pad_ui(STUDY_ROOT_FIND)),
+            cmd_element(0x0100, struct.pack("<H", 0x0020)),
+            cmd_element(0x0110, struct.pack("<H", message_id)),
+            cmd_element(0x0700, struct.pack("<H", 0)),
+            cmd_element(0x0800, struct.pack("<H", 0x0000)),
+        ]
+    )
+
+
+def _pdv(cx: int, control: int, data: bytes) -> bytes:
+    return struct.pack(">IBB", len(data) + 2, cx, control) + data
+
+
+def _find_status(body: bytes) -> int:
+    """Status (0000,0900) of the C-FIND-RSP command set in one P-DATA-TF body."""
+    from pacsbox.dicom.storage_acceptor import parse_command
+
+    length = struct.unpack(">I", body[:4])[0]
+    assert body[5] & 0x01, "not a command PDV"
+    return struct.unpack("<H", parse_command(body[6 : 4 + length])[0x0900])[0]
+
+
+FIND_IDENTIFIERS = {
+    # an element claiming more bytes than the identifier holds
+    "overlong-element": struct.pack("<HHI", 0x0008, 0x0052, 0xFFFF) + b"STUDY ",
+    "random-bytes": bytes(range(7, 250, 3)),
+    # no Query/Retrieve Level: A900 with Offending Element
+    "no-level": struct.pack("<HHI", 0x0010, 0x0020, 0),
+}
+
+
+@pytest.mark.parametrize("variant", list(FIND_IDENTIFIERS))
+def test_bad_find_identifier_gets_a_failure_status(hostile: Hostile, variant: str):
+    """PS3.4 §C.4.1.1.4: an identifier that cannot be decoded or does not fit the model gets
+    a failure status (A900 / C000) on the lean path; the association goes on (release)."""
+    with socket.create_connection(("127.0.0.1", hostile.server.port), timeout=10) as sock:
+        sock.sendall(associate_rq("find"))
+        kind, _ = read_pdu(sock)
+        assert kind == 0x02
+        body = _pdv(3, 0x03, _find_rq(5)) + _pdv(3, 0x02, FIND_IDENTIFIERS[variant])
+        sock.sendall(pdu(0x04, body))
+        kind, rsp = read_pdu(sock)
+        assert kind == 0x04
+        status = _find_status(rsp)
+        assert status & 0xFF00 == 0xA900 or status & 0xF000 == 0xC000, hex(status)
+        sock.sendall(pdu(0x05, b"\x00" * 4))
+        kind, _ = read_pdu(sock)
+        assert kind == 0x06  # A-RELEASE-RP
+    assert_healthy(hostile)
+
+
+def test_request_during_a_find_aborts(hostile: Hostile):
+    """PS3.7 §9.1.2 / PS3.8: without a negotiated asynchronous window, a second request while
+    a C-FIND is being answered is a protocol violation: A-ABORT, the server keeps serving."""
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    store_good(hostile)  # at least one match: the poll between matches sees the request
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "IMAGE"
+    ident.SOPInstanceUID = ""
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_dataset(fp, ident)
+    request = pdu(0x04, _pdv(3, 0x03, _find_rq(1)) + _pdv(3, 0x02, fp.getvalue()))
+    with socket.create_connection(("127.0.0.1", hostile.server.port), timeout=10) as sock:
+        sock.sendall(associate_rq("find"))
+        assert read_pdu(sock)[0] == 0x02
+        sock.sendall(request + pdu(0x04, _pdv(3, 0x03, _find_rq(2))))  # no wait: violation
+        got, closed = _drain(sock, 10)
+    assert closed
+    assert b"\x07\x00\x00\x00\x00\x04\x00\x00\x02" in got, got[-64:]  # A-ABORT by the provider
     assert_healthy(hostile)
 
 

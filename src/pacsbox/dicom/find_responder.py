@@ -53,14 +53,41 @@ _TEXT_VRS = frozenset(
 )
 #: VRs with a 4-byte length in Explicit VR (PS3.5 §7.1.2)
 _LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT"})
+_LONG_VR_BYTES = frozenset(vr.encode() for vr in _LONG_VRS)
 
 
 class CancelledByPeer(Exception):
     """Raised by the cancel poll when the peer aborted or closed the connection."""
 
 
+def _check_lengths(data: bytes, implicit: bool) -> None:
+    """Refuse an identifier whose top-level elements claim more bytes than it holds (pydicom
+    would silently read short values). Stops at the first undefined length (a sequence)."""
+    pos, end = 0, len(data)
+    while pos < end:
+        if pos + 8 > end:
+            raise ValueError(f"identifier truncated at byte {pos}")
+        if implicit:
+            length = struct.unpack_from("<I", data, pos + 4)[0]
+            pos += 8
+        elif data[pos + 4 : pos + 6] in _LONG_VR_BYTES:
+            if pos + 12 > end:
+                raise ValueError(f"identifier truncated at byte {pos}")
+            length = struct.unpack_from("<I", data, pos + 8)[0]
+            pos += 12
+        else:
+            length = struct.unpack_from("<H", data, pos + 6)[0]
+            pos += 8
+        if length == 0xFFFFFFFF:
+            return
+        if pos + length > end:
+            raise ValueError(f"an element claims {length} bytes, {end - pos} are left")
+        pos += length
+
+
 def decode_identifier(data: bytes, transfer_syntax: str) -> Dataset:
     """The C-FIND-RQ identifier (PS3.4 §C.4.1.1.3) as a pydicom data set."""
+    _check_lengths(data, transfer_syntax == IMPLICIT_LE)
     ds = read_dataset(
         BytesIO(data), is_implicit_VR=transfer_syntax == IMPLICIT_LE, is_little_endian=True
     )
@@ -336,11 +363,17 @@ class LeanFind:
     ) -> None:
         settings = self.find_scp.settings
         cancelled = False
+        #: a protocol violation or abort seen by the poll: ends the search, then raised here
+        #: (FindSCP.answer would turn an exception into a C000 response)
+        broken: BaseException | None = None
 
         def is_cancelled() -> bool:
-            nonlocal cancelled
+            nonlocal cancelled, broken
             if not cancelled:
-                cancelled = self.poll_cancel(message_id)
+                try:
+                    cancelled = self.poll_cancel(message_id)
+                except Exception as exc:
+                    broken, cancelled = exc, True
             return cancelled
 
         responses: Iterator[tuple[Any, Any]] = self.find_scp.answer(
@@ -384,6 +417,8 @@ class LeanFind:
             close = getattr(responses, "close", None)
             if close is not None:
                 close()
+        if broken is not None:
+            raise broken
         if not final:  # every match sent: the final response is Success (PS3.4 §C.4.1.3.1)
             command = find_response_command(message_id, sop_class, 0x0000, False, None)
             batch.append(p_data(context_id, command, None, self.max_pdu))
