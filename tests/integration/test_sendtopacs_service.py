@@ -458,8 +458,9 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "state" / "temp").exists()  # nothing left behind
 
 
-def test_worklist_search_through_the_api(tmp_path: Path, client_for) -> None:
-    """POST /api/worklist/search with an HTTP JSON worklist served by the test."""
+@pytest.fixture
+def http_worklist() -> Iterator[tuple[int, list]]:
+    """An HTTP JSON worklist with one order; ``pid=boom`` answers 500."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from urllib.parse import parse_qs, urlsplit
@@ -487,43 +488,81 @@ def test_worklist_search_through_the_api(tmp_path: Path, client_for) -> None:
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        settings = write_settings(tmp_path)
-        data = json.loads(settings.read_text())
-        data["worklist_devices"] = [
-            {
-                "name": "his",
-                "kind": "http",
-                "url": f"http://127.0.0.1:{httpd.server_port}/orders?pid={{patient_id}}",
-                "results_path": "orders",
-                "mapping": {
-                    "patient_id": "id",
-                    "patient_name": "name",
-                    "accession_number": "acc",
-                    "birth_date": "dob",
-                },
-                "fill_patient_name": False,
-            }
-        ]
-        settings.write_text(json.dumps(data))
-        client = client_for(settings)
-        assert [d["name"] for d in client.get("/api/worklist/devices").json()] == ["his"]
-        r = client.post(
-            "/api/worklist/search", json={"device": "his", "query": {"patient_id": "WL7"}}
-        )
-        assert r.status_code == 200, r.text
-        (match,) = r.json()["matches"]
-        assert match["patient"]["patient_id"] == "WL7"
-        assert match["patient"]["patient_name"] == "Muster^Max"
-        assert match["patient"]["accession_number"] == "A77"
-        assert seen[-1]["pid"] == ["WL7"]
-        r = client.post(
-            "/api/worklist/search", json={"device": "his", "query": {"patient_id": "boom"}}
-        )
-        assert r.status_code == 502 and "500" in r.json()["error"]
-        r = client.post("/api/worklist/search", json={"device": "nope"})
-        assert r.status_code == 404
-        r = client.post("/api/worklist/search", json={"device": "his", "query": {"colour": "x"}})
-        assert r.status_code == 400
-    finally:
-        httpd.shutdown()
+    yield httpd.server_port, seen
+    httpd.shutdown()
+
+
+def _with_worklist(settings: Path, port: int, **device: object) -> Path:
+    data = json.loads(settings.read_text())
+    data["worklist_devices"] = [
+        {
+            "name": "his",
+            "kind": "http",
+            "url": f"http://127.0.0.1:{port}/orders?pid={{patient_id}}",
+            "results_path": "orders",
+            "mapping": {
+                "patient_id": "id",
+                "patient_name": "name",
+                "accession_number": "acc",
+                "birth_date": "dob",
+            },
+            "fill_patient_name": False,
+            **device,
+        }
+    ]
+    settings.write_text(json.dumps(data))
+    return settings
+
+
+def test_worklist_search_through_the_api(tmp_path: Path, client_for, http_worklist) -> None:
+    """POST /api/worklist/search with an HTTP JSON worklist served by the test."""
+    port, seen = http_worklist
+    client = client_for(_with_worklist(write_settings(tmp_path), port))
+    assert [d["name"] for d in client.get("/api/worklist/devices").json()] == ["his"]
+    r = client.post("/api/worklist/search", json={"device": "his", "query": {"patient_id": "WL7"}})
+    assert r.status_code == 200, r.text
+    (match,) = r.json()["matches"]
+    assert match["patient"]["patient_id"] == "WL7"
+    assert match["patient"]["patient_name"] == "Muster^Max"
+    assert match["patient"]["accession_number"] == "A77"
+    assert match["ref"]
+    assert seen[-1]["pid"] == ["WL7"]
+    r = client.post("/api/worklist/search", json={"device": "his", "query": {"patient_id": "boom"}})
+    assert r.status_code == 502 and "500" in r.json()["error"]
+    r = client.post("/api/worklist/search", json={"device": "nope"})
+    assert r.status_code == 404
+    r = client.post("/api/worklist/search", json={"device": "his", "query": {"colour": "x"}})
+    assert r.status_code == 400
+
+
+def test_worklist_only_refuses_typed_patient_data(
+    tmp_path: Path, client_for, http_worklist, make_server
+) -> None:
+    server = make_server(PACSBOX_PERMISSIVE_AES="true", PACSBOX_PERMISSIVE_AES_ENABLED="true")
+    settings = _with_worklist(write_settings(tmp_path), http_worklist[0], worklist_only=True)
+    client = client_for(settings)
+    dev = {"name": "p", "ae_title": "PACSBOX", "host": "127.0.0.1", "port": server.port}
+    assert client.post("/api/devices", json=dev).status_code == 201
+    f = client.post("/api/files/paths", json={"paths": [str(_png(tmp_path / "a.png"))]}).json()
+    ids = [f["added"][0]["id"]]
+    typed = {"patient_id": "TYPED", "last_name": "Typed"}
+    r = client.post("/api/send", json={"files": ids, "patient": typed})
+    assert r.status_code == 422 and "worklist only" in r.json()["error"]
+    r = client.post("/api/send", json={"files": ids, "worklist_ref": "forged"})
+    assert r.status_code == 422 and "worklist_ref" in r.json()["error"]
+    (match,) = client.post(
+        "/api/worklist/search", json={"device": "his", "query": {"patient_id": "WL7"}}
+    ).json()["matches"]
+    r = client.post(
+        "/api/send", json={"files": ids, "worklist_ref": match["ref"], "patient": typed}
+    )
+    assert r.status_code == 202, r.text
+    job = _wait_job(client, r.json()["id"])
+    assert job["state"] == "done", job
+    r = client.post("/api/convert", json={"files": ids, "worklist_ref": match["ref"]})
+    job = _wait_job(client, r.json()["id"])
+    uid = job["files"][0]["objects"][0]["sop_instance_uid"]
+    got = tmp_path / "got.dcm"
+    got.write_bytes(client.get(f"/api/jobs/{job['id']}/objects/{uid}").content)
+    ds = dcmread(got)
+    assert (ds.PatientID, str(ds.PatientName), ds.AccessionNumber) == ("WL7", "Muster^Max", "A77")

@@ -14,7 +14,9 @@ they are set):
   (:mod:`pacsbox.sendtopacs.worklist`: MWL / Q/R C-FIND, HTTP).
 * ``GET|POST|DELETE /api/files`` (multipart upload, or ``POST /api/files/paths`` with local
   paths), ``DELETE /api/files/{id}`` — the file list.
-* ``POST /api/convert`` and ``POST /api/send`` — start a job (202); ``GET /api/jobs[/{id}]`` —
+* ``POST /api/convert`` and ``POST /api/send`` — start a job (202) with typed ``patient`` data
+  or the ``worklist_ref`` of a search result (required when a worklist device is "worklist
+  only", SPEC S2); ``GET /api/jobs[/{id}]`` —
   per-file state and progress and the job's log; ``GET /api/jobs/{id}/objects/{uid}`` — a
   converted object.
 
@@ -36,6 +38,7 @@ list.
 
 import base64
 import contextlib
+import copy
 import datetime as dt
 import fcntl
 import hashlib
@@ -59,6 +62,7 @@ from pacsbox.sendtopacs.settings import Device, Settings, SettingsError, load
 log = logging.getLogger("pacsbox.sendtopacs.service")
 
 DEFAULT_PORT = 8765
+WORKLIST_REF_SECONDS = 3600  #: how long a search result can be picked for sending
 WEBUI = Path(__file__).with_name("webui")
 
 
@@ -341,6 +345,8 @@ class ServiceState:
         self.jobs: dict[str, Job] = {}
         self.events: list[dict[str, Any]] = []
         self._auth_cache: set[str] = set()
+        #: worklist entries handed out by /api/worklist/search: ref → (time, PatientInfo)
+        self.worklist_refs: dict[str, tuple[float, Any]] = {}
         self.loopback = self.config.loopback
         self._queue: list[str] = []
         self._work = threading.Condition(self.lock)
@@ -866,7 +872,17 @@ def create_app(state: ServiceState) -> Any:
             return fail(400, str(exc))
         except WorklistError as exc:
             return fail(502, str(exc))
-        return {"device": dev.name, "matches": [e.as_dict() for e in found]}
+        matches = []
+        now = time.time()
+        with state.lock:
+            for ref, (stamp, _) in list(state.worklist_refs.items()):
+                if now - stamp > WORKLIST_REF_SECONDS:
+                    del state.worklist_refs[ref]
+            for entry in found:
+                ref = uuid.uuid4().hex
+                state.worklist_refs[ref] = (now, entry.patient)
+                matches.append({**entry.as_dict(), "ref": ref})
+        return {"device": dev.name, "matches": matches}
 
     # -- file list -------------------------------------------------------------------------
     @app.get("/api/files")
@@ -969,7 +985,26 @@ def create_app(state: ServiceState) -> Any:
             except SettingsError as exc:
                 return fail(400, str(exc))
         patient = None
-        if any(not f.dicom for f in chosen):
+        worklist_only = [d.name for d in worklist_devices() if d.worklist_only]
+        if any(not f.dicom for f in chosen) and data.get("worklist_ref"):
+            # the patient as the worklist gave it ("Select" in the search window)
+            with state.lock:
+                picked = state.worklist_refs.get(str(data["worklist_ref"]))
+            if picked is None:
+                return fail(422, "unknown or expired worklist_ref: search the worklist again")
+            patient = copy.deepcopy(picked[1])
+            try:
+                patient.validate()
+            except PatientInfoError as exc:
+                return fail(422, "the worklist entry has invalid values", errors=exc.errors)
+        elif any(not f.dicom for f in chosen):
+            if worklist_only:
+                return fail(
+                    422,
+                    "worklist only (device " + ", ".join(worklist_only) + "): pick the patient "
+                    "in a worklist search and send its worklist_ref",
+                    errors=["patient: from the worklist only"],
+                )
             raw = data.get("patient")
             if not isinstance(raw, dict):
                 return fail(

@@ -214,7 +214,9 @@ $("#btn-info").addEventListener("click", async () => {
   }
   if (!form.study_date.value) form.study_date.value = d;
   if (!form.study_time.value) form.study_time.value = t;
-  $("#patient-errors").textContent = "";
+  $("#patient-errors").textContent = state.worklistOnly
+    ? "Worklist only: pick the patient with Search worklist…" : "";
+  for (const input of $$("input", form)) input.readOnly = !!state.worklistOnly;
   $("#patient-dialog").showModal();
 });
 
@@ -233,6 +235,7 @@ $("#patient-save").addEventListener("click", () => {
   if (!p.study_date) missing.push("Study date");
   if (!p.study_time) missing.push("Study time");
   if (!p.modality) missing.push("Modality");
+  if (state.worklistOnly && !state.worklistRef) missing.push("a worklist entry (Search worklist…)");
   if (missing.length) { $("#patient-errors").textContent = `Required: ${missing.join(", ")}`; return; }
   state.patient = p;
   $("#patient-summary").textContent =
@@ -283,6 +286,7 @@ $("#search-run").addEventListener("click", async () => {
 function isoDate(da) { return da && da.length === 8 ? `${da.slice(0, 4)}-${da.slice(4, 6)}-${da.slice(6)}` : ""; }
 
 function pick(match) {
+  state.worklistRef = match.ref;
   const form = $("#patient-form");
   const p = match.patient;
   for (const k of ["patient_id", "last_name", "first_name", "middle_name", "sex", "accession_number",
@@ -311,7 +315,8 @@ $("#btn-send").addEventListener("click", async () => {
     delete p.modality;
     p.study_date = (p.study_date || "").replaceAll("-", "");
     p.birth_date = (p.birth_date || "").replaceAll("-", "");
-    body.patient = p;
+    if (state.worklistOnly) body.worklist_ref = state.worklistRef;
+    else body.patient = p;
     body.options = options;
   }
   try {
@@ -424,6 +429,8 @@ async function refreshStatus() {
 (async () => {
   try {
     state.settings = await api("GET", "/api/settings");
+    const wl = await api("GET", "/api/worklist/devices");
+    state.worklistOnly = wl.some((d) => d.worklist_only);
     await loadDevices();
     await loadFiles();
   } catch (e) { log(`cannot reach the service: ${e.message}`); }
