@@ -109,7 +109,7 @@ def _goto_hash(page: Any, hash_: str) -> None:
 
 
 def _listed_ids(page: Any) -> list[str]:
-    return sorted(page.locator(".results tbody tr.clickable td:nth-child(2)").all_inner_texts())
+    return sorted(page.locator(".results tbody tr.clickable td[data-col=patient_id]").all_inner_texts())
 
 
 def _watch_errors(page: Any) -> list[str]:
@@ -240,7 +240,7 @@ def test_study_list_url_parameters_every_operator(
 def test_study_list_sorting_and_paging(pacs: Any, new_page: Any, studies: dict[str, str]) -> None:
     page = _logged_in_page(pacs, new_page)
     _goto_hash(page, "#/list?accessionnumber=OP*&sort=patientid&limit=2")
-    assert page.locator(".results tbody tr.clickable td:nth-child(2)").all_inner_texts() == [
+    assert page.locator(".results tbody tr.clickable td[data-col=patient_id]").all_inner_texts() == [
         "P100",
         "P200",
     ]
@@ -248,7 +248,7 @@ def test_study_list_sorting_and_paging(pacs: Any, new_page: Any, studies: dict[s
     page.click(".pager button:has-text('Next')")
     page.wait_for_function("() => location.hash.includes('offset=2')")
     _ready(page)
-    assert page.locator(".results tbody tr.clickable td:nth-child(2)").all_inner_texts() == [
+    assert page.locator(".results tbody tr.clickable td[data-col=patient_id]").all_inner_texts() == [
         "P300",
         "P400",
     ]
@@ -256,7 +256,7 @@ def test_study_list_sorting_and_paging(pacs: Any, new_page: Any, studies: dict[s
     page.click("th[aria-sort=ascending] button")
     page.wait_for_function("() => location.hash.includes('sort=-patientid')")
     _ready(page)
-    assert page.locator(".results tbody tr.clickable td:nth-child(2)").all_inner_texts() == [
+    assert page.locator(".results tbody tr.clickable td[data-col=patient_id]").all_inner_texts() == [
         "P500",
         "P400",
     ]

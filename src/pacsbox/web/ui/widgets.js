@@ -89,7 +89,7 @@ export function table(columns, rows, {onRow, sort, onSort, empty, rowLabel} = {}
   }));
   const body = h('tbody');
   for (const row of rows) {
-    const tr = h('tr', {}, columns.map((c) => h('td', {class: c.class || ''}, c.value(row))));
+    const tr = h('tr', {}, columns.map((c) => h('td', {class: c.class || '', dataset: c.key ? {col: c.key} : null}, c.value(row))));
     if (onRow) {
       tr.tabIndex = 0;
       tr.classList.add('clickable');

@@ -72,8 +72,9 @@ export async function render({el, params, navigate, can, isCurrent}) {
   const live = liveArrivals({isCurrent, refresh: () => go({offset})});
   const serverMs = answer.headers.get('x-server-time-ms');
   const columns = [
+    {label: '', class: 'actions', value: (r) => studyActions(r, {can, compact: true, onDeleted: () => go({offset})})},
     {label: t('col.patient_name'), sort: 'patientname', value: (r) => fmtName(r.patient_name)},
-    {label: t('col.patient_id'), sort: 'patientid', value: (r) => r.patient_id || ''},
+    {label: t('col.patient_id'), key: 'patient_id', sort: 'patientid', value: (r) => r.patient_id || ''},
     {label: t('col.birth_date'), sort: 'patientbirthdate', value: (r) => fmtDate(r.patient_birth_date), class: 'nowrap'},
     {label: t('col.sex'), sort: 'patientsex', value: (r) => r.patient_sex || ''},
     {label: t('col.study_date'), sort: 'studydate', class: 'nowrap',
@@ -84,7 +85,6 @@ export async function render({el, params, navigate, can, isCurrent}) {
     {label: t('col.counts'), sort: 'numinstances', class: 'num', value: (r) => `${r.num_series ?? ''} / ${r.num_instances ?? ''}`},
     {label: t('col.source_ae'), sort: 'sourceae', value: (r) => r.source_ae || ''},
     {label: t('col.received'), sort: 'receivedat', class: 'nowrap', value: (r) => fmtDateTime(r.received_at)},
-    {label: '', class: 'actions', value: (r) => studyActions(r, {can, compact: true, onDeleted: () => go({offset})})},
   ];
   results.append(
     h('div', {class: 'results-head'},
