@@ -192,6 +192,19 @@ def test_malformed_requests_are_400(sqlite_client: TestClient, content: bytes, c
     assert r.json()["error"]["status"] == 400
 
 
+def test_chunked_oversized_and_multipart_bodies_are_400(sqlite_client: TestClient) -> None:
+    def chunks():  # noqa: ANN202 - no Content-Length: the server must stop reading itself
+        for _ in range(100):
+            yield b"A" * 1000
+
+    r = sqlite_client.post(
+        "/api/otp/login", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 400 and "too large" in r.text
+    r = sqlite_client.post("/api/otp/login", files={"code": ("c", b"xyz")})
+    assert r.status_code == 400
+
+
 def test_decrypted_garbage_is_401(sqlite_client: TestClient) -> None:
     for text in ("no credentials here", "id=&password=x", "password=only", "[1, 2]"):
         key = fetch_key(sqlite_client)

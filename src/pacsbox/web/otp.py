@@ -77,6 +77,7 @@ MAX_KEYS = 1000
 #: keys tried for a code sent without ``key_id`` (the client's own first, newest first)
 MAX_CANDIDATES = 16
 MAX_CODE_CHARS = 2048
+MAX_BODY = 4 * MAX_CODE_CHARS
 SEALED_PREFIX = "aesgcm:"
 MAX_PLAINTEXT = 190  # RSA-OAEP-SHA256 with a 2048-bit key carries at most 190 bytes
 
@@ -350,20 +351,28 @@ class OtpLoginBody(BaseModel):
 
 
 async def _body(request: Request) -> OtpLoginBody:
-    ctype = request.headers.get("content-type", "")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > 4 * MAX_CODE_CHARS:
-        raise HTTPException(400, "the request body is too large for a login code")
+    """The JSON or ``application/x-www-form-urlencoded`` body, read up to ``MAX_BODY`` bytes
+    (also when it comes chunked, without a Content-Length)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise HTTPException(400, "the request body is too large for a login code")
     try:
-        if ctype.startswith("application/json"):
-            return OtpLoginBody.model_validate(await request.json())
-        form = await request.form()
-        return OtpLoginBody.model_validate(
-            {"code": form.get("code", ""), "key_id": form.get("key_id") or None}
-        )
+        if ctype == "application/json":
+            values = json.loads(raw)
+        elif ctype in ("application/x-www-form-urlencoded", ""):
+            form = dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+            values = {"code": form.get("code", ""), "key_id": form.get("key_id") or None}
+        else:
+            raise ValueError(ctype)
+        return OtpLoginBody.model_validate(values)
     except Exception as exc:
         raise HTTPException(
-            400, f"send code (base64, at most {MAX_CODE_CHARS} characters) as JSON or a form"
+            400,
+            f"send code (base64, at most {MAX_CODE_CHARS} characters) and optionally key_id "
+            "as JSON or application/x-www-form-urlencoded",
         ) from exc
 
 
