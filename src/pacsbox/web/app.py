@@ -216,7 +216,7 @@ def create_app(archive: Any, settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
+        log.exception("%s %s failed", request.method, _masked_path(request.url.path))
         return JSONResponse(error_body(500, "internal server error"), status_code=500)
 
     app.add_middleware(RequestLogMiddleware, metrics=metrics)
