@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -222,8 +223,8 @@ def _wait_health(port: int, proc: subprocess.Popen, timeout: float = 30) -> None
 
 
 def test_one_instance_per_machine(tmp_path: Path) -> None:
-    settings = write_settings(tmp_path, username="api", password=STRONG)
     port = free_port()
+    settings = write_settings(tmp_path, username="api", password=STRONG, port=port)
     cmd = [str(VENV_BIN / "sendtopacs"), "service", "--settings", str(settings)]
     first = subprocess.Popen(
         [*cmd, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -251,6 +252,32 @@ def test_one_instance_per_machine(tmp_path: Path) -> None:
     )
     try:
         _wait_health(port, again)
+        # desktop integration: "Send to PACS" adds files to the running service's list
+        env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "share")}
+        res = subprocess.run(
+            [str(VENV_BIN / "sendtopacs"), "--config", str(settings), "service",
+             "install-desktop"],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        share = tmp_path / "share"
+        entry = (share / "applications" / "sendtopacs-send.desktop").read_text()
+        assert "MimeType=image/jpeg;" in entry and f"--config {settings} add %F" in entry
+        ui = (share / "applications" / "sendtopacs.desktop").read_text()
+        assert f"Exec=xdg-open http://127.0.0.1:{port}/" in ui
+        assert (share / "kio" / "servicemenus" / "sendtopacs.desktop").exists()
+        script = share / "nautilus" / "scripts" / "Send to PACS"
+        a, b = _png(tmp_path / "a b.png"), _png(tmp_path / "c.png", 1)
+        nautilus = {**env, "NAUTILUS_SCRIPT_SELECTED_FILE_PATHS": f"{a}\n{b}\n"}
+        res = subprocess.run([str(script)], capture_output=True, text=True, timeout=60,
+                             env=nautilus)  # fmt: skip
+        assert res.returncode == 1 and "needs credentials" in res.stderr
+        nautilus |= {"SENDTOPACS_API_USER": "api", "SENDTOPACS_API_PASSWORD": STRONG}
+        res = subprocess.run([str(script)], capture_output=True, text=True, timeout=60,
+                             env=nautilus)  # fmt: skip
+        assert res.returncode == 0 and "2 file(s) added" in res.stdout, res.stdout + res.stderr
+        listed = httpx.get(f"http://127.0.0.1:{port}/api/files", auth=("api", STRONG)).json()
+        assert sorted(f["path"] for f in listed) == sorted([str(a), str(b)])
     finally:
         again.terminate()
         again.wait(20)

@@ -674,6 +674,39 @@ def service_set_credentials(
     _save(settings)
 
 
+@service_app.command("install-desktop")
+def service_install_desktop() -> None:
+    """Desktop entries: open the web UI, and "Send to PACS" for selected files (Open with,
+    Nautilus script, Dolphin service menu) — in $XDG_DATA_HOME (~/.local/share)."""
+    from pacsbox.sendtopacs.service import install_desktop
+
+    for path in install_desktop(_settings()):
+        console.print(f"wrote {path}")
+
+
+@app.command("add")
+def add_files(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders")],
+    url: Annotated[str | None, typer.Option(help="Service URL (default: the settings')")] = None,
+) -> None:
+    """Add files to the list of the running service (what "Send to PACS" in a file manager
+    does). Credentials: $SENDTOPACS_API_USER and $SENDTOPACS_API_PASSWORD."""
+    from pacsbox.sendtopacs.service import ServiceError, add_to_running_service, service_url
+
+    settings = _settings()
+    user = os.environ.get("SENDTOPACS_API_USER", "")
+    auth = (user, os.environ.get("SENDTOPACS_API_PASSWORD", "")) if user else None
+    try:
+        body = add_to_running_service(paths, url or service_url(settings), auth)
+    except ServiceError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_FAILED) from exc
+    for line in body.get("errors", []):
+        err.print(f"[red]{line}[/red]")
+    console.print(f"{len(body.get('added', []))} file(s) added to the list")
+    raise typer.Exit(EXIT_FAILED if body.get("errors") else 0)
+
+
 @service_app.command("clear-credentials")
 def service_clear_credentials() -> None:
     """Open the API again to every allowed address without a password."""

@@ -1144,6 +1144,86 @@ def run(settings_path: Path | None, port: int | None = None, monitors: bool = Tr
         lock.release()
 
 
+# -- desktop integration (SPEC S7) ------------------------------------------------------------
+def service_url(settings: Settings) -> str:
+    cfg = ServiceConfig.from_json(settings.service)
+    host = cfg.host if cfg.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{cfg.port}"
+
+
+def add_to_running_service(
+    paths: list[Path], url: str, auth: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """``POST /api/files/paths`` to the running service: the file manager's "Send to PACS"."""
+    import httpx
+
+    absolute = [str(Path(p).resolve()) for p in paths]
+    try:
+        r = httpx.post(f"{url}/api/files/paths", json={"paths": absolute}, auth=auth, timeout=60)
+    except httpx.HTTPError as exc:
+        raise ServiceError(f"the sendtopacs service at {url} does not answer ({exc})") from exc
+    if r.status_code == 401:
+        raise ServiceError("the service needs credentials (SENDTOPACS_API_USER / _PASSWORD)")
+    try:
+        body = r.json()
+    except ValueError:
+        body = {"error": r.text[:200]}
+    if r.status_code >= 400:
+        raise ServiceError(f"{url}: {r.status_code} {body.get('error', '')}")
+    return body
+
+
+def install_desktop(settings: Settings, data_home: Path | None = None) -> list[Path]:
+    """Desktop entries (freedesktop.org): one that opens the web UI, one "Send to PACS"
+    handler for images, PDFs, videos and DICOM files (the file managers' "Open with"), a
+    Nautilus script and a Dolphin service menu — each adds the selected files to the list of
+    the running service."""
+    import shlex
+    import shutil as _shutil
+    import sys
+
+    home = data_home or Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    exe = _shutil.which("sendtopacs") or str(Path(sys.executable).with_name("sendtopacs"))
+    config = f" --config {shlex.quote(str(settings.path))}" if settings.path else ""
+    add = f"{shlex.quote(exe)}{config} add"
+    url = service_url(settings)
+    mime = (
+        "image/jpeg;image/png;image/bmp;image/gif;image/tiff;application/pdf;video/*;"
+        "application/dicom;"
+    )
+    files = {
+        home / "applications" / "sendtopacs.desktop": (
+            "[Desktop Entry]\nType=Application\nName=sendtopacs\n"
+            "Comment=Convert photos, PDFs and videos to DICOM and send them to a PACS\n"
+            f"Exec=xdg-open {url}/\nTerminal=false\nCategories=Graphics;MedicalSoftware;\n"
+        ),
+        home / "applications" / "sendtopacs-send.desktop": (
+            "[Desktop Entry]\nType=Application\nName=Send to PACS\n"
+            "Comment=Add the files to the sendtopacs list\n"
+            f"Exec={add} %F\nTerminal=false\nNoDisplay=true\nMimeType={mime}\n"
+        ),
+        home / "kio" / "servicemenus" / "sendtopacs.desktop": (
+            "[Desktop Entry]\nType=Service\nMimeType=" + mime + "\nActions=sendtopacs\n"
+            "X-KDE-ServiceTypes=KonqPopupMenu/Plugin\n\n[Desktop Action sendtopacs]\n"
+            f"Name=Send to PACS\nExec={add} %F\n"
+        ),
+        home / "nautilus" / "scripts" / "Send to PACS": (
+            "#!/bin/sh\n# sendtopacs: add the selected files to the list of the running service\n"
+            "IFS='\n'\n"
+            f"exec {add} $NAUTILUS_SCRIPT_SELECTED_FILE_PATHS\n"
+        ),
+    }
+    written = []
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        if path.parent.name == "scripts" or path.suffix == ".desktop":
+            path.chmod(0o755)
+        written.append(path)
+    return written
+
+
 def run_monitors(settings_path: Path | None) -> int:
     """``sendtopacs monitor``: only the folder monitors, in the foreground, until Ctrl-C."""
     import signal
