@@ -344,3 +344,27 @@ def test_ohif_shows_the_pdf(pacs: Any, new_page: Any, ct_study: dict[str, str]) 
     assert _white_fraction(page.screenshot(clip=box)) >= 0.3
     assert any(u.endswith(f"/instances/{ct_study['pdf']}/bulkdata/00420011") for u in requests)
     shot(page, "viewer-ohif-pdf")
+
+
+def test_viewer_without_session_goes_through_login(
+    pacs: Any, new_page: Any, ct_study: dict[str, str]
+) -> None:
+    """Not logged in: the viewer sends the browser to the pacsbox login (no Basic password
+    dialog, no DICOMweb request) and, after the login, back to the same study in OHIF."""
+    page = new_page()
+    dicomweb: list[str] = []
+    page.on("request", lambda r: dicomweb.append(r.url) if "/dicom-web/" in r.url else None)
+    page.goto(f"{pacs.url}/viewer/ohif/viewer?StudyInstanceUIDs={ct_study['study']}")
+    page.wait_for_url("**/#/login?**", timeout=30_000)
+    assert "studyinstanceuid" in page.url and ct_study["study"] in page.url
+    assert dicomweb == []  # OHIF never started
+    page.locator("input[name=username]").fill("admin")
+    page.locator("input[name=password]").fill(pacs.admin_password)
+    page.locator("form.login button[type=submit]").click()
+    page.wait_for_url(f"**/viewer/ohif/viewer?StudyInstanceUIDs={ct_study['study']}*")
+    _viewport(page).wait_for(timeout=60_000)
+    page.wait_for_function(
+        "() => document.body.innerText.replace(/\\s+/g, ' ').includes('W: 400 L: 40')",
+        timeout=60_000,
+    )
+    shot(page, "viewer-after-login")
