@@ -174,8 +174,8 @@ def test_create_list_revoke_expire_on_every_db(client: TestClient, archive, tmp_
     assert len(denied) == 1  # once per client per window, not per attempt
 
 
-def test_privileges(sqlite_client: TestClient, tmp_path: Path) -> None:
-    c = sqlite_client
+def test_privileges_on_every_db(client: TestClient, tmp_path: Path) -> None:
+    c = client
     study = upload(c, write_study(tmp_path / "a", 1, 1))
     s = share(c, study)
     for who in (VIEWER, TECH):
@@ -256,18 +256,18 @@ def test_validity_arithmetic_with_a_clock() -> None:
     assert add_months(datetime(2026, 11, 30), 3) == datetime(2027, 2, 28)
 
 
-def test_expiry_follows_the_clock(sqlite_archive, tmp_path: Path) -> None:  # noqa: ANN001
+def test_expiry_follows_the_clock_on_every_db(archive, tmp_path: Path) -> None:  # noqa: ANN001
     """A link made 8 days ago for 7 days no longer resolves; one for 9 days does."""
-    with _client(sqlite_archive) as c:
+    with _client(archive) as c:
         study = upload(c, write_study(tmp_path / "a", 1, 1))
-    links = ShareLinks(sqlite_archive.engine)
+    links = ShareLinks(archive.engine)
     past = utcnow() - timedelta(days=8)
     gone, gone_token = links.create(study, "rita", Validity(days=7), now=past)
     kept, kept_token = links.create(study, "rita", Validity(days=9), now=past)
     assert links.resolve(gone_token) is None
     assert links.resolve(kept_token) is not None and not gone.active() and kept.active()
     # links dead for over a year are purged (at the next creation)
-    with sqlite_archive.engine.begin() as conn:
+    with archive.engine.begin() as conn:
         conn.execute(
             update(SHARE)
             .where(SHARE.c.id == gone.id)
