@@ -9,13 +9,56 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 
 from tests.e2e.util import shot
-from tests.helpers import write_study
+from tests.helpers import make_ct
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
+
+
+SIZE = 192
+
+
+def phantom_study(folder: Path, n_series: int = 2, per_series: int = 5) -> list[Path]:
+    """A small CT-like study (body ellipse, bone ring, lungs that change along the series,
+    12-bit with Rescale Intercept -1024), so the page and its screenshot show a CT."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study, paths = generate_uid(), []
+    y, x = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    rng = np.random.default_rng(3)
+    for s in range(n_series):
+        series = generate_uid()
+        for i in range(per_series):
+            hu = np.full((SIZE, SIZE), -1000.0)
+            body = ((x - 0.5) / 0.42) ** 2 + ((y - 0.5) / 0.3) ** 2 <= 1
+            hu[body] = 40.0
+            hu[body & (((x - 0.5) / 0.39) ** 2 + ((y - 0.5) / 0.27) ** 2 >= 1)] = 700.0
+            r = 0.08 + 0.02 * i
+            for cx in (0.36, 0.64):
+                hu[((x - cx) / r) ** 2 + ((y - 0.48) / (1.6 * r)) ** 2 <= 1] = -800.0
+            hu += rng.normal(0, 8, hu.shape)
+            ds = make_ct(
+                study,
+                series,
+                instance_number=i + 1,
+                rows=SIZE,
+                cols=SIZE,
+                patient_name="Share^Sam",
+                patient_id="SH1",
+            )
+            ds.SeriesNumber = s + 1
+            ds.SeriesDescription = ("Chest", "Chest bone")[s % 2]
+            ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+            ds.WindowCenter, ds.WindowWidth = (40, -600)[s % 2], (400, 1500)[s % 2]
+            ds.PixelData = np.clip(hu + 1024, 0, 4095).astype(np.uint16).tobytes()
+            path = folder / f"s{s}_i{i}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+    return paths
 
 
 def _loaded(page: Any, selector: str) -> bool:
@@ -23,9 +66,7 @@ def _loaded(page: Any, selector: str) -> bool:
 
 
 def test_share_link_in_a_fresh_browser(pacs: Any, new_page: Any, tmp_path: Path) -> None:
-    paths = write_study(
-        tmp_path / "study", n_series=2, per_series=4, patient_name="Share^Sam", patient_id="SH1"
-    )
+    paths = phantom_study(tmp_path / "study")
     study = pacs.store(paths)["results"][0]["study_instance_uid"]
     r = pacs.api.post(f"/api/studies/{study}/shares", json={"valid_days": 7, "note": "e2e"})
     assert r.status_code == 201, r.text
@@ -52,7 +93,7 @@ def test_share_link_in_a_fresh_browser(pacs: Any, new_page: Any, tmp_path: Path)
     assert _loaded(page, "#view")
     first = page.get_attribute("#view", "src")
     counter = page.inner_text("#count")
-    assert counter.endswith("/ 4"), counter
+    assert counter.endswith("/ 5"), counter
 
     # browse: wheel, arrow key, next button, second series
     page.mouse.move(700, 400)
@@ -106,7 +147,7 @@ def test_share_link_in_a_fresh_browser(pacs: Any, new_page: Any, tmp_path: Path)
     for name in members:
         ds = dcmread(io.BytesIO(jpeg.read(name)))
         assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
-        assert ds.pixel_array.shape == (16, 16)
+        assert ds.pixel_array.shape == (SIZE, SIZE)
     assert not [p for p in problems if "Content Security Policy" in p or "Refused" in p], problems
 
     # the creator sees the access in the list
