@@ -428,6 +428,28 @@ def test_add_to_list_mode(tmp_path: Path) -> None:
         monitors.stop()
 
 
+def test_watched_path_through_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    settings = Settings(
+        devices=[Device("d", "X", "127.0.0.1", 104)],
+        monitors=[{"path": str(link), "mode": "add-to-list", "stable_seconds": 0.2,
+                   "poll_interval": 3600}],
+    )  # fmt: skip
+    listed: list[Path] = []
+    monitors = MonitorSet(settings, tmp_path / "state", on_list=listed.append, tick=0.1)
+    monitors.start()
+    try:
+        time.sleep(0.5)  # the first scan found nothing; the file arrives by an event
+        (real / "x.png").write_bytes(png_bytes(1))
+        wait_until(lambda: len(listed) == 1, 10, "the file listed")
+    finally:
+        monitors.stop()
+    assert listed == [link / "x.png"]
+
+
 def test_journal_forgets_old_finished_files(tmp_path: Path) -> None:
     from pacsbox.sendtopacs.monitor import Journal
 

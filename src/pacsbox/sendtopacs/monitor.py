@@ -545,7 +545,8 @@ class FolderMonitor:
         self.config = config
         self.settings = settings
         self.journal = journal
-        self.folder = str(Path(config.path).resolve())
+        # absolute but not resolved: event paths are under the path as configured
+        self.folder = os.path.abspath(config.path)
         self.objects_dir = state_dir / "objects"
         self.on_list = on_list
         self.on_event = on_event
@@ -559,9 +560,7 @@ class FolderMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._observer: Any = None
-        self._excluded = [
-            str(Path(p).resolve()) for p in (config.failed_dir, config.success_dir) if p
-        ]
+        self._excluded = [os.path.abspath(p) for p in (config.failed_dir, config.success_dir) if p]
         self._update = _tag_updater(config.tag_updates) if config.tag_updates else None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -590,18 +589,23 @@ class FolderMonitor:
         from watchdog.observers import Observer
 
         monitor = self
+        # inotify does not follow a symlinked root: watch the real folder and map the event
+        # paths back under the configured one
+        real = os.path.realpath(self.folder)
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: Any) -> None:
                 if event.is_directory and event.event_type != "moved":
                     return
                 for attr in ("dest_path", "src_path"):
-                    value = getattr(event, attr, "")
+                    value = os.fsdecode(getattr(event, attr, "") or "")
                     if value:
-                        monitor.hint(os.fsdecode(value))
+                        if real != monitor.folder and value.startswith(real + os.sep):
+                            value = monitor.folder + value[len(real) :]
+                        monitor.hint(value)
 
         self._observer = Observer()
-        self._observer.schedule(Handler(), self.folder, recursive=self.config.recursive)
+        self._observer.schedule(Handler(), real, recursive=self.config.recursive)
         self._observer.start()
 
     def hint(self, path: str) -> None:
