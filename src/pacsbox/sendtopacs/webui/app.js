@@ -436,5 +436,6 @@ async function refreshStatus() {
   } catch (e) { log(`cannot reach the service: ${e.message}`); }
   refreshStatus();
   setInterval(() => { if (!document.hidden) { refreshStatus(); if (!state.job || state.job.state !== "running") loadFiles(); } }, 5000);
+  setInterval(() => { if (!document.hidden && !$("#view-monitor").hidden) loadMonitor().catch(() => {}); }, 2000);
   document.body.dataset.ready = "1";
 })();
