@@ -59,7 +59,7 @@ def his() -> Iterator[int]:
 
 
 @pytest.fixture(scope="module")
-def service(pacs, his: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: ANN001
+def service(pacs, his: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:  # noqa: ANN001
     root = tmp_path_factory.mktemp("stp-ui")
     res = pacs.server.cli("ae", "add", "SENDTOPACS", "--host", "127.0.0.1", "--port", "104")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -97,6 +97,9 @@ def service(pacs, his: int, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                         },
                     }
                 ],
+                "monitors": [
+                    {"path": str(root / "watched"), "mode": "add-to-list", "stable_seconds": 0.3}
+                ],
                 "service": {
                     "state_dir": str(root / "state"),
                     "lock_file": str(root / "lock"),
@@ -126,7 +129,7 @@ def service(pacs, his: int, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 pass
             assert time.monotonic() < deadline, "the service did not start"
             time.sleep(0.1)
-        yield url
+        yield url, root / "watched"
     finally:
         proc.terminate()
         proc.wait(20)
@@ -143,9 +146,9 @@ def _photo(tmp_path: Path) -> Path:
     return path
 
 
-def _open(new_page, url: str):  # noqa: ANN001, ANN202
+def _open(new_page, service: tuple[str, Path]):  # noqa: ANN001, ANN202
     page = new_page(http_credentials={"username": USER, "password": PASSWORD})
-    page.goto(url)
+    page.goto(service[0])
     page.wait_for_selector("body[data-ready='1']")
     return page
 
@@ -165,7 +168,9 @@ def _fill_patient(page, patient_id: str) -> None:  # noqa: ANN001
     dialog.wait_for(state="hidden")
 
 
-def test_add_fill_send_success_mark(service: str, pacs, new_page, tmp_path: Path) -> None:  # noqa: ANN001
+def test_add_fill_send_success_mark(
+    service: tuple[str, Path], pacs, new_page, tmp_path: Path
+) -> None:  # noqa: ANN001
     page = _open(new_page, service)
     page.set_input_files("#add-input", str(_photo(tmp_path)))
     row = page.locator("#files tbody tr", has_text="wound_photo.png")
@@ -203,7 +208,7 @@ def test_add_fill_send_success_mark(service: str, pacs, new_page, tmp_path: Path
     assert names.get("UI-E2E-1") == "Browser^Erika"
 
 
-def test_failure_mark_and_reason(service: str, new_page, tmp_path: Path) -> None:  # noqa: ANN001
+def test_failure_mark_and_reason(service: tuple[str, Path], new_page, tmp_path: Path) -> None:  # noqa: ANN001
     page = _open(new_page, service)
     page.click("#btn-clear")
     page.set_input_files("#add-input", str(_photo(tmp_path)))
@@ -218,7 +223,7 @@ def test_failure_mark_and_reason(service: str, new_page, tmp_path: Path) -> None
     shot(page, "sendtopacs-ui-failed")
 
 
-def test_settings_tabs_and_echo(service: str, new_page) -> None:  # noqa: ANN001
+def test_settings_tabs_and_echo(service: tuple[str, Path], new_page) -> None:  # noqa: ANN001
     page = _open(new_page, service)
     page.click("button.nav[data-view=settings]")
     page.wait_for_selector("body[data-settings='loaded']")
@@ -234,11 +239,11 @@ def test_settings_tabs_and_echo(service: str, new_page) -> None:  # noqa: ANN001
     page.wait_for_selector("#settings-msg:has-text('C-ECHO PACSBOX')")
     assert "success" in page.inner_text("#settings-msg")
     shot(page, "sendtopacs-ui-devices")
-    r = httpx.get(f"{service}/api/settings", auth=(USER, PASSWORD))
+    r = httpx.get(f"{service[0]}/api/settings", auth=(USER, PASSWORD))
     assert r.json()["station_name"] == "DESK1"
 
 
-def test_worklist_search_fills_the_form(service: str, new_page) -> None:  # noqa: ANN001
+def test_worklist_search_fills_the_form(service: tuple[str, Path], new_page) -> None:  # noqa: ANN001
     page = _open(new_page, service)
     page.click("#btn-info")
     page.locator("#patient-dialog").wait_for(state="visible")
@@ -261,3 +266,21 @@ def test_worklist_search_fills_the_form(service: str, new_page) -> None:  # noqa
     assert form.locator("[name=birth_date]").input_value() == "1980-02-02"
     assert form.locator("[name=accession_number]").input_value() == "ACC42"
     assert form.locator("[name=study_description]").input_value() == "Skin check"
+
+
+def test_monitored_folder_adds_to_the_list(service: tuple[str, Path], new_page) -> None:  # noqa: ANN001
+    page = _open(new_page, service)
+    watched = service[1]
+    tmp = watched / ".incoming.png"
+    tmp.write_bytes(_photo(watched.parent).read_bytes())
+    tmp.rename(watched / "from_camera.png")
+    row = page.locator("#files tbody tr", has_text="from_camera.png")
+    row.wait_for(timeout=20000)  # the list is refreshed every 5 s
+    assert row.locator("td").nth(2).inner_text() == "non-DICOM"
+    page.click("button.nav[data-view=monitor]")
+    folder = page.locator("#monitors tbody tr", has_text=str(watched))
+    folder.wait_for()
+    assert "add-to-list" in folder.inner_text()
+    page.locator("#monitor-files tbody tr", has_text="from_camera.png").wait_for()
+    assert (watched / "from_camera.png").exists()  # add-to-list never moves the file
+    shot(page, "sendtopacs-ui-monitor")
