@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -19,7 +20,7 @@ from pacsbox.archive.index.writer import utcnow
 from pacsbox.archive.users import THROTTLE, UserDirectory
 from pacsbox.web.app import create_app
 from pacsbox.web.auth import CSRF_COOKIE, SESSION_COOKIE
-from pacsbox.web.otp import MAX_KEYS_PER_CLIENT, OTP_KEY
+from pacsbox.web.otp import MAX_KEYS_PER_CLIENT, OTP_KEY, OtpError, OtpKeys
 
 PASSWORD = "his-pass-123"
 
@@ -280,3 +281,28 @@ def test_private_keys_sealed_with_the_secret(sqlite_archive) -> None:  # noqa: A
         r = same.post("/api/otp/login", json={"code": code})
         assert r.status_code == 200, r.text
         assert same.app.state.pacs.settings.masked()["otp_key_secret"] == "****"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["key_id", "keyless"])
+def test_concurrent_redeems_of_one_code_succeed_once(archive, named: bool) -> None:  # noqa: ANN001
+    """Eight threads redeem the same code at once (on every database): exactly one wins."""
+    keys = OtpKeys(archive.engine)
+    issued = keys.issue("10.0.0.1", 60)
+    code = encrypt(issued.public_key, f"id=his&password={PASSWORD}")
+    barrier = threading.Barrier(8)
+    results: list[str] = []
+
+    def redeem() -> None:
+        barrier.wait()
+        try:
+            user, _pw = keys.redeem(code, issued.key_id if named else None, "10.0.0.1", False)
+            results.append(user)
+        except OtpError:
+            results.append("refused")
+
+    threads = [threading.Thread(target=redeem) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == ["his"] + ["refused"] * 7

@@ -200,27 +200,34 @@ class OtpKeys:
         return IssuedKey(key_id, public_pem, ttl)
 
     def _candidates(self, key_id: str | None, client: str) -> list[Any]:
+        """The unexpired key named ``key_id``; without one, up to ``MAX_CANDIDATES`` keys,
+        this client's first, newest first (ids picked before any private key is read)."""
         now = utcnow()
-        cols = (OTP_KEY.c.key_id, OTP_KEY.c.private_key, OTP_KEY.c.client)
+        live = OTP_KEY.c.expires_at > now
         with self.engine.connect() as conn:
             if key_id is not None:
-                return list(
-                    conn.execute(
-                        select(*cols).where(
-                            OTP_KEY.c.key_id == key_id[:32], OTP_KEY.c.expires_at > now
-                        )
+                ids = [key_id[:32]]
+            else:
+                mine = OTP_KEY.c.client == client[:64]
+                ids = [
+                    r.key_id
+                    for cond in (mine, ~mine)
+                    for r in conn.execute(
+                        select(OTP_KEY.c.key_id)
+                        .where(live, cond)
+                        .order_by(OTP_KEY.c.created_at.desc())
+                        .limit(MAX_CANDIDATES)
                     )
+                ][:MAX_CANDIDATES]
+            if not ids:
+                return []
+            rows = conn.execute(
+                select(OTP_KEY.c.key_id, OTP_KEY.c.private_key).where(
+                    OTP_KEY.c.key_id.in_(ids), live
                 )
-            rows = list(
-                conn.execute(
-                    select(*cols)
-                    .where(OTP_KEY.c.expires_at > now)
-                    .order_by(OTP_KEY.c.created_at.desc())
-                    .limit(MAX_KEYS)
-                )
-            )
-        rows.sort(key=lambda r: r.client != client[:64])  # stable: newest first within
-        return rows[:MAX_CANDIDATES]
+            ).all()
+        order = {k: i for i, k in enumerate(ids)}
+        return sorted(rows, key=lambda r: order[r.key_id])
 
     def _consume(self, key_id: str) -> bool:
         with self.engine.begin() as conn:
@@ -235,8 +242,9 @@ class OtpKeys:
         ciphertext = decode_code(code)
         candidates = self._candidates(key_id, client)
         if key_id is not None:
-            for row in candidates:  # naming the key burns it, whatever happens next
-                self._consume(row.key_id)
+            # naming the key burns it, whatever happens next; of two concurrent logins with
+            # one key only the one whose delete took the row goes on
+            candidates = [row for row in candidates if self._consume(row.key_id)]
         if not candidates:
             raise OtpError("unknown, used or expired one-time key")
         for row in candidates:
