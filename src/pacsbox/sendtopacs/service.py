@@ -385,7 +385,11 @@ class ServiceState:
             self._worker.join(30)
         self.stop_monitors()
         if self.config.clean_temp_on_exit:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            # only what the service put there (the folder may be a shared one)
+            for sub in ("uploads", "jobs"):
+                shutil.rmtree(self.temp_dir / sub, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.temp_dir.rmdir()  # when empty
 
     def _event(self, kind: str, data: dict[str, Any]) -> None:
         with self.lock:
