@@ -357,6 +357,10 @@ class ServiceState:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        if self.config.clean_unused_temp or self.config.clean_temp_on_exit:
+            # left by a service that was killed: the new (empty) list uses none of it
+            for sub in ("uploads", "jobs"):
+                shutil.rmtree(self.temp_dir / sub, ignore_errors=True)
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         self._worker = threading.Thread(target=self._work_loop, name="jobs", daemon=True)
         self._worker.start()
