@@ -593,3 +593,17 @@ def test_worklist_only_refuses_typed_patient_data(
     got.write_bytes(client.get(f"/api/jobs/{job['id']}/objects/{uid}").content)
     ds = dcmread(got)
     assert (ds.PatientID, str(ds.PatientName), ds.AccessionNumber) == ("WL7", "Muster^Max", "A77")
+
+
+def test_temp_leftovers_of_a_killed_service_are_removed(tmp_path: Path) -> None:
+    shared = tmp_path / "shared-temp"
+    settings = write_settings(tmp_path, temp_dir=str(shared))
+    (shared / "uploads" / "abc").mkdir(parents=True)
+    (shared / "uploads" / "abc" / "old.png").write_bytes(b"x")
+    (shared / "someone-elses.txt").write_text("keep")
+    state = ServiceState(settings, monitors=False)
+    state.start()
+    assert not (shared / "uploads" / "abc").exists()
+    state.stop()
+    assert (shared / "someone-elses.txt").read_text() == "keep"  # never touched
+    assert not (shared / "uploads").exists() and not (shared / "jobs").exists()
