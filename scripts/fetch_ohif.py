@@ -85,6 +85,21 @@ APP_CONFIG = """/* pacsbox: OHIF configuration, written by scripts/fetch_ohif.py
       { 'ohif.tours': { $set: [] } },
     ],
     investigationalUseDialog: { option: 'never' },
+    whiteLabeling: {
+      // the header logo: back to the pacsbox study list
+      createLogoComponentFn: function (React) {
+        return React.createElement(
+          'a',
+          {
+            href: '/#/list',
+            id: 'pacsbox-home',
+            title: 'pacsbox study list',
+            style: { color: '#5acce6', fontWeight: 600, fontSize: '18px', textDecoration: 'none' },
+          },
+          'pacsbox'
+        );
+      },
+    },
     showStudyList: true,
     maxNumberOfWebWorkers: 3,
     showWarningMessageForCrossOrigin: false,

@@ -374,4 +374,6 @@ def test_viewer_without_session_goes_through_login(
         "() => document.body.innerText.replace(/\\s+/g, ' ').includes('W: 400 L: 40')",
         timeout=60_000,
     )
+    home = page.locator("#pacsbox-home")  # the header logo leads back to the study list
+    assert home.inner_text() == "pacsbox" and home.get_attribute("href") == "/#/list"
     shot(page, "viewer-after-login")
