@@ -47,6 +47,11 @@ RUNTIME_KEYS: tuple[str, ...] = (
     "session_idle_timeout",
     "wado_url_credentials",
     "wado_user",
+    "institution_name",
+    "url_login_enabled",
+    "otp_ttl_seconds",
+    "share_default_days",
+    "share_validity_from",
 )
 POLL_SECONDS = 2.0
 
