@@ -258,7 +258,7 @@ def test_200_files_kill_9_and_restart(tmp_path: Path, make_server, start_service
             journal_counts(state).get("done", 0) + journal_counts(state).get("failed", 0) >= total
             and not remaining(watched)
         ),
-        90,
+        150,
         "every file done or failed",
     )
     counts = journal_counts(state)

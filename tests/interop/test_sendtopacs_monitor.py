@@ -102,7 +102,7 @@ def test_200_files_to_storescp_with_kill_9(tmp_path: Path, storescp) -> None:
                 sum(journal_counts(state).get(s, 0) for s in ("done", "failed")) >= total
                 and not remaining(watched)
             ),
-            90,
+            150,
             "every file done or failed",
         )
     finally:
