@@ -166,6 +166,8 @@ Index(
 )
 Index("ix_study_study_id", Study.study_id, postgresql_ops={"study_id": _PATTERN})
 Index("ix_series_modality_study_fk", Series.modality, Series.study_fk)
+# The study list's default order, newest first (migration 0005, archive/studylist.py).
+Index("ix_study_study_date_time", Study.study_date, Study.study_time, Study.id)
 
 
 class RemoteAE(Base):
