@@ -294,6 +294,21 @@ def test_open_ct_time_to_first_image_scroll_window_level(
     assert "W: 400 L: 40" not in " ".join(page.locator("body").inner_text().split())
     shot(page, "viewer-ct-window-level")
 
+    # length measurement: calibrated by Pixel Spacing (0.7 mm) from the series metadata
+    page.locator('[data-cy="Length-btn"]').first.click()
+    page.mouse.move(cx - 150, cy + 60)
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(cx - 150 + 30 * step, cy + 60)
+        page.wait_for_timeout(20)
+    page.mouse.up()
+    label = page.locator("svg text").filter(has_text="mm").first
+    label.wait_for(timeout=15_000)
+    measured = float((label.text_content() or "").split()[0])
+    expected = 300 / (min(box["width"], box["height"]) / SIZE) * 0.7  # screen px -> mm
+    assert abs(measured - expected) < 0.1 * expected, (measured, expected)
+    shot(page, "viewer-ct-length")
+
 
 def test_sr_report_page(pacs: Any, new_page: Any, ct_study: dict[str, str]) -> None:
     """The SR rendered as HTML: readable, and its hostile strings stay text (no dialog)."""
