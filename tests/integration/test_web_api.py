@@ -147,8 +147,12 @@ def test_upload_streams_parts_to_data_tmp_with_a_size_limit(
         assert r.status_code == 413
         boundary = "b0undary"
         body = (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=f; filename=a.dcm\r\n\r\n"
-        ).encode() + b"\0" * (size + 5000) + f"\r\n--{boundary}--\r\n".encode()
+            (
+                f"--{boundary}\r\nContent-Disposition: form-data; name=f; filename=a.dcm\r\n\r\n"
+            ).encode()
+            + b"\0" * (size + 5000)
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
 
         def chunks() -> Iterator[bytes]:
             for i in range(0, len(body), 4096):
@@ -371,3 +375,23 @@ def test_patients_search_get_delete(client: TestClient, tmp_path: Path) -> None:
     assert client.get("/api/patients/P1", headers=h).status_code == 404
     assert [r["PatientID"] for r in client.get("/api/patients", headers=h).json()] == ["P2"]
     assert client.delete("/api/patients/P1", headers=basic(*ADMIN)).status_code == 404
+
+
+def test_zip_export_includes_instances_imported_in_place(
+    sqlite_client: TestClient,
+    sqlite_archive,  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
+    """Files indexed where they are (``pacsbox import --link``) are in the zip too."""
+    paths = write_study(tmp_path / "linked", 1, 3)
+    report = import_paths(sqlite_archive.ingest, paths, link=True)
+    assert (report.stored, report.failed) == (3, [])
+    study = dcmread(paths[0]).StudyInstanceUID
+    r = sqlite_client.get(f"/api/studies/{study}/archive", headers=basic(*ADMIN))
+    assert r.status_code == 200
+    zf = zipfile.ZipFile(io.BytesIO(r.content))
+    members = [n for n in zf.namelist() if n != "DICOMDIR"]
+    assert len(members) == 3
+    assert {dcmread(io.BytesIO(zf.read(n))).SOPInstanceUID for n in members} == {
+        dcmread(p).SOPInstanceUID for p in paths
+    }

@@ -73,7 +73,7 @@ def check(
             report.instances += 1
             if not linked:
                 indexed.add(key)
-            path = Path(key) if linked else store.path(key)
+            path = store.locate(key, linked)
             try:
                 actual = path.stat().st_size
             except OSError:

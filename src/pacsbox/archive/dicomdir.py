@@ -71,6 +71,8 @@ class FileSetInstance:
     instance_number: int | None
     #: the stored file (storage key), opaque here
     key: str = ""
+    #: the file was imported in place: ``key`` is its absolute path
+    linked: bool = False
     storage_format: str = "part10"
     #: Rows from the index: None for objects without pixel data (SR, PR, KO, PDF, RT...)
     rows: int | None = None

@@ -740,7 +740,7 @@ def _image_columns() -> tuple[Any, ...]:
 def _stored(store: Any, row: Any) -> StoredImage:
     file_path, linked, ts, fmt, sop_class, sop, series, study, rows, frames = row
     try:
-        path = Path(file_path) if linked else Path(store.path(file_path))
+        path = Path(store.locate(file_path, linked))
     except ValueError:  # a key that would leave the store root: it cannot be opened
         path = Path(store.root) / ".invalid-key"
     return StoredImage(

@@ -96,7 +96,7 @@ def find_instance(engine: Any, store: Any, sop_uid: str) -> StoredInstance | Non
         return None
     file_path, linked, ts, fmt, sop_class, sop, series, study = row
     try:
-        path = Path(file_path) if linked else Path(store.path(file_path))
+        path = Path(store.locate(file_path, linked))
     except ValueError:  # a key that would leave the store root cannot be opened
         path = Path(store.root) / ".invalid-key"
     return StoredInstance(path, str(ts), str(fmt), str(sop_class), str(sop), str(series), study)

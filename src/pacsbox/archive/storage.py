@@ -346,6 +346,12 @@ class FilesystemStore:
     def open(self, key: str) -> Path:
         return self.path(key)
 
+    def locate(self, key: str, linked: bool = False) -> Path:
+        """Where an indexed instance's bytes are: below the root, or — for files imported in
+        place (``pacsbox import --link``, index column ``linked``) — the absolute path the
+        index holds."""
+        return Path(key) if linked else self.path(key)
+
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 

@@ -1149,7 +1149,7 @@ def _zip_stream(
         yield sink.take()
         for inst, name in files:
             try:
-                path = store.open(inst.key)
+                path = store.locate(inst.key, inst.linked)
                 fh = open(path, "rb")  # noqa: SIM115
             except (OSError, ValueError):
                 continue  # a file that went missing is reported by `pacsbox check`
@@ -1167,9 +1167,11 @@ def _zip_stream(
     yield sink.take()
 
 
-def _export(ctx: Any, p: Principal, level: str, uid: str) -> StreamingResponse:
-    column = STUDY.c.study_instance_uid if level == "study" else SERIES.c.series_instance_uid
-    with ctx.archive.engine.connect() as conn:
+def file_set_members(engine: Any, column: Any, uid: str) -> list[FileSetInstance]:
+    """The instances whose ``column`` (study or series UID) is ``uid``, as File-set members
+    (PS3.10 §8) in series/instance order, with the stored JSON of objects without pixel data
+    (their DICOMDIR records need it). Shared by the zip export and share-link downloads."""
+    with engine.connect() as conn:
         rows = conn.execute(
             select(
                 PATIENT.c.patient_id,
@@ -1190,6 +1192,7 @@ def _export(ctx: Any, p: Principal, level: str, uid: str) -> StreamingResponse:
                 INSTANCE.c.transfer_syntax_uid,
                 INSTANCE.c.instance_number,
                 INSTANCE.c.file_path.label("key"),
+                INSTANCE.c.linked,
                 INSTANCE.c.storage_format,
                 INSTANCE.c.rows,
             )
@@ -1201,13 +1204,8 @@ def _export(ctx: Any, p: Principal, level: str, uid: str) -> StreamingResponse:
                 SERIES.c.series_number, SERIES.c.id, INSTANCE.c.instance_number, INSTANCE.c.id
             )
         ).all()
-    if not rows:
-        raise HTTPException(404, f"no {level} {uid}")
-    # objects without pixel data (SR, PR, KO, PDF...) need their stored JSON for the keys
-    # of their DICOMDIR record; images need only the index row
-    no_pixels = [r.sop_instance_uid for r in rows if r.rows is None]
-    attributes: dict[str, str] = {}
-    with ctx.archive.engine.connect() as conn:
+        no_pixels = [r.sop_instance_uid for r in rows if r.rows is None]
+        attributes: dict[str, str] = {}
         for i in range(0, len(no_pixels), 500):
             attributes.update(
                 conn.execute(
@@ -1216,18 +1214,27 @@ def _export(ctx: Any, p: Principal, level: str, uid: str) -> StreamingResponse:
                     )
                 ).all()
             )
-    plan = plan_file_set(
-        [
-            FileSetInstance(**r._mapping, attributes=attributes.get(r.sop_instance_uid))
-            for r in rows
-        ]
-    )
+    return [
+        FileSetInstance(
+            **{**r._mapping, "linked": bool(r.linked)},
+            attributes=attributes.get(r.sop_instance_uid),
+        )
+        for r in rows
+    ]
+
+
+def _export(ctx: Any, p: Principal, level: str, uid: str) -> StreamingResponse:
+    column = STUDY.c.study_instance_uid if level == "study" else SERIES.c.series_instance_uid
+    members = file_set_members(ctx.archive.engine, column, uid)
+    if not members:
+        raise HTTPException(404, f"no {level} {uid}")
+    plan = plan_file_set(members)
     files = [(inst, "/".join(file_id)) for inst, file_id in plan.files]
     ctx.audit.record(
         "export",
         user=p.username,
         client=p.client,
-        study_uid=rows[0].study_instance_uid,
+        study_uid=members[0].study_instance_uid,
         series_uid=uid if level == "series" else "",
         detail=f"zip download of {level} ({len(files)} instance(s))",
     )

@@ -1057,7 +1057,7 @@ def _one_instance(ctx: Any, study: str, series: str, sop: str) -> _Instance:
         raise HTTPException(404, f"no instance {sop} in series {series} of study {study}")
     key, linked, ts, sop_class, rows, columns, spp, bits, frames = row
     try:
-        path = Path(key) if linked else ctx.archive.store.path(key)
+        path = ctx.archive.store.locate(key, linked)
     except ValueError as exc:  # a damaged index row must never name a file outside the store
         raise HTTPException(500, "the instance's storage key is invalid") from exc
     facts = None

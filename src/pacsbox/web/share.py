@@ -636,55 +636,6 @@ def share_rendered(
     return _image_response(request, image, params)
 
 
-def _file_set_rows(ctx: Any, study_uid: str) -> list[FileSetInstance]:
-    """The study's instances as File-set members (same columns as the REST zip export)."""
-    with ctx.archive.engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                PATIENT.c.patient_id,
-                PATIENT.c.issuer_of_patient_id,
-                PATIENT.c.patient_name,
-                STUDY.c.study_instance_uid,
-                STUDY.c.study_date,
-                STUDY.c.study_time,
-                STUDY.c.study_description,
-                STUDY.c.study_id,
-                STUDY.c.accession_number,
-                STUDY.c.received_at.label("study_received_at"),
-                SERIES.c.series_instance_uid,
-                SERIES.c.modality,
-                SERIES.c.series_number,
-                INSTANCE.c.sop_class_uid,
-                INSTANCE.c.sop_instance_uid,
-                INSTANCE.c.transfer_syntax_uid,
-                INSTANCE.c.instance_number,
-                INSTANCE.c.file_path.label("key"),
-                INSTANCE.c.storage_format,
-                INSTANCE.c.rows,
-            )
-            .join(SERIES, SERIES.c.id == INSTANCE.c.series_fk)
-            .join(STUDY, STUDY.c.id == SERIES.c.study_fk)
-            .join(PATIENT, PATIENT.c.id == STUDY.c.patient_fk)
-            .where(STUDY.c.study_instance_uid == study_uid)
-            .order_by(
-                SERIES.c.series_number, SERIES.c.id, INSTANCE.c.instance_number, INSTANCE.c.id
-            )
-        ).all()
-        no_pixels = [r.sop_instance_uid for r in rows if r.rows is None]
-        attributes: dict[str, str] = {}
-        for i in range(0, len(no_pixels), 500):
-            attributes.update(
-                conn.execute(
-                    select(INSTANCE.c.sop_instance_uid, INSTANCE.c.attributes).where(
-                        INSTANCE.c.sop_instance_uid.in_(no_pixels[i : i + 500])
-                    )
-                ).all()
-            )
-    return [
-        FileSetInstance(**r._mapping, attributes=attributes.get(r.sop_instance_uid)) for r in rows
-    ]
-
-
 def _jpeg_zip_stream(ctx: Any, members: list[FileSetInstance]) -> Iterator[bytes]:
     """A stored zip of the File-set with images re-encoded as JPEG Lossless SV1; the DICOMDIR
     is written last so that it names each file's transfer syntax as written."""
@@ -705,7 +656,7 @@ def _jpeg_zip_stream(ctx: Any, members: list[FileSetInstance]) -> Iterator[bytes
         for inst, file_id in plan.files:
             written.append(inst)
             try:
-                path = store.open(inst.key)
+                path = store.locate(inst.key, inst.linked)
             except (OSError, ValueError):
                 continue  # gone meanwhile: `pacsbox check` reports it (as the REST zip)
             prefix = b""
@@ -742,14 +693,16 @@ def share_archive(
     compression: Literal["original", "jpeg-lossless"] = "original",
 ) -> Response:
     """The shared study as a zip File-set, as stored or JPEG Lossless compressed."""
-    from pacsbox.web.api import _zip_stream
+    from pacsbox.web.api import _zip_stream, file_set_members
 
     try:
         share = _resolve(request, token, count=True)
     except _Refused:
         return _not_found_page()
     ctx = context(request)
-    members = _file_set_rows(ctx, share.study_instance_uid)
+    members = file_set_members(
+        ctx.archive.engine, STUDY.c.study_instance_uid, share.study_instance_uid
+    )
     if not members:
         return _not_found_page()
     _audit(
