@@ -160,10 +160,44 @@ GUARD_JS = """/* pacsbox: written by scripts/fetch_ohif.py. The viewer's data ne
     window.location.replace('/#/' + (route || 'login') + '?' +
       new URLSearchParams({ next: next() }).toString());
   };
+  // Every same-origin request of OHIF carries the header the pacsbox app sends: a 401 (the
+  // session ended while viewing) then comes without the Basic challenge, so the browser shows
+  // no password dialog of its own and OHIF's error handler sends the user to the login.
+  var HEADER = 'X-Requested-With';
+  var VALUE = 'pacsbox-ui';
+  function sameOrigin(url) {
+    try {
+      return new URL(String(url), window.location.href).origin === window.location.origin;
+    } catch (e) {
+      return false;
+    }
+  }
+  var open = XMLHttpRequest.prototype.open;
+  var send = XMLHttpRequest.prototype.send;
+  XMLHttpRequest.prototype.open = function (method, url) {
+    this.pacsboxSameOrigin = sameOrigin(url);
+    return open.apply(this, arguments);
+  };
+  XMLHttpRequest.prototype.send = function () {
+    if (this.pacsboxSameOrigin) {
+      try { this.setRequestHeader(HEADER, VALUE); } catch (e) { /* already sent */ }
+    }
+    return send.apply(this, arguments);
+  };
+  var originalFetch = window.fetch;
+  window.fetch = function (input, init) {
+    var isRequest = typeof Request !== 'undefined' && input instanceof Request;
+    if (sameOrigin(isRequest ? input.url : input)) {
+      init = Object.assign({}, init);
+      var headers = new Headers(init.headers || (isRequest ? input.headers : undefined));
+      headers.set(HEADER, VALUE);
+      init.headers = headers;
+    }
+    return originalFetch.call(this, input, init);
+  };
   try {
     var xhr = new XMLHttpRequest();
     xhr.open('GET', '/api/me', false);
-    xhr.setRequestHeader('X-Requested-With', 'pacsbox-ui');
     xhr.send();
     if (xhr.status === 401) {
       window.pacsboxLogin('login');

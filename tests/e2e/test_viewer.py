@@ -375,7 +375,14 @@ def test_viewer_without_session_goes_through_login(
     dialog, no DICOMweb request) and, after the login, back to the same study in OHIF."""
     page = new_page()
     dicomweb: list[str] = []
-    page.on("request", lambda r: dicomweb.append(r.url) if "/dicom-web/" in r.url else None)
+    marked: list[str | None] = []
+
+    def seen(request: Any) -> None:
+        if "/dicom-web/" in request.url:
+            dicomweb.append(request.url)
+            marked.append(request.headers.get("x-requested-with"))
+
+    page.on("request", seen)
     page.goto(f"{pacs.url}/viewer/ohif/viewer?StudyInstanceUIDs={ct_study['study']}")
     page.wait_for_url("**/#/login?**", timeout=30_000)
     assert "studyinstanceuid" in page.url and ct_study["study"] in page.url
@@ -392,3 +399,19 @@ def test_viewer_without_session_goes_through_login(
     home = page.locator("#pacsbox-home")  # the header logo leads back to the study list
     assert home.inner_text() == "pacsbox" and home.get_attribute("href") == "/#/list"
     shot(page, "viewer-after-login")
+    # OHIF's requests (XHR and fetch) carry the app's header: when the session ends, the
+    # 401s come without a Basic challenge (no browser password dialog)
+    assert dicomweb and set(marked) == {"pacsbox-ui"}, marked
+    after = page.evaluate(
+        """async () => {
+            const csrf = sessionStorage.getItem('pacsbox.csrf') || '';
+            await fetch('/api/logout', {method: 'POST', headers: {'X-CSRF-Token': csrf}});
+            const r = await fetch('/dicom-web/studies?limit=1');
+            const x = new XMLHttpRequest();
+            x.open('GET', '/dicom-web/studies?limit=1', false);
+            x.send();
+            return {fetch: r.status, challenge: r.headers.get('www-authenticate'),
+                    xhr: x.status, xhrChallenge: x.getResponseHeader('www-authenticate')};
+        }"""
+    )
+    assert after == {"fetch": 401, "challenge": None, "xhr": 401, "xhrChallenge": None}
