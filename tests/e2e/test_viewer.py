@@ -415,3 +415,7 @@ def test_viewer_without_session_goes_through_login(
         }"""
     )
     assert after == {"fetch": 401, "challenge": None, "xhr": 401, "xhrChallenge": None}
+    # OHIF's next request after the session ended leads to the login, then back here
+    page.get_by_text("01-Mar-2026").first.click()  # the other study: its series are fetched
+    page.wait_for_url("**/#/login?**", timeout=30_000)
+    assert ct_study["study"] in page.url
