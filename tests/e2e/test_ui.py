@@ -109,7 +109,9 @@ def _goto_hash(page: Any, hash_: str) -> None:
 
 
 def _listed_ids(page: Any) -> list[str]:
-    return sorted(page.locator(".results tbody tr.clickable td[data-col=patient_id]").all_inner_texts())
+    return sorted(
+        page.locator(".results tbody tr.clickable td[data-col=patient_id]").all_inner_texts()
+    )
 
 
 def _watch_errors(page: Any) -> list[str]:
@@ -240,7 +242,9 @@ def test_study_list_url_parameters_every_operator(
 def test_study_list_sorting_and_paging(pacs: Any, new_page: Any, studies: dict[str, str]) -> None:
     page = _logged_in_page(pacs, new_page)
     _goto_hash(page, "#/list?accessionnumber=OP*&sort=patientid&limit=2")
-    assert page.locator(".results tbody tr.clickable td[data-col=patient_id]").all_inner_texts() == [
+    assert page.locator(
+        ".results tbody tr.clickable td[data-col=patient_id]"
+    ).all_inner_texts() == [
         "P100",
         "P200",
     ]
@@ -248,7 +252,9 @@ def test_study_list_sorting_and_paging(pacs: Any, new_page: Any, studies: dict[s
     page.click(".pager button:has-text('Next')")
     page.wait_for_function("() => location.hash.includes('offset=2')")
     _ready(page)
-    assert page.locator(".results tbody tr.clickable td[data-col=patient_id]").all_inner_texts() == [
+    assert page.locator(
+        ".results tbody tr.clickable td[data-col=patient_id]"
+    ).all_inner_texts() == [
         "P300",
         "P400",
     ]
@@ -256,7 +262,9 @@ def test_study_list_sorting_and_paging(pacs: Any, new_page: Any, studies: dict[s
     page.click("th[aria-sort=ascending] button")
     page.wait_for_function("() => location.hash.includes('sort=-patientid')")
     _ready(page)
-    assert page.locator(".results tbody tr.clickable td[data-col=patient_id]").all_inner_texts() == [
+    assert page.locator(
+        ".results tbody tr.clickable td[data-col=patient_id]"
+    ).all_inner_texts() == [
         "P500",
         "P400",
     ]
@@ -484,3 +492,21 @@ def test_url_login_disabled_by_default(pacs: Any, new_page: Any) -> None:
     assert "#/login" in page.url
     assert pacs.admin_password not in page.url
     assert "disabled" in page.inner_text(".toasts")
+
+
+def test_logout_ends_the_session(pacs: Any, new_page: Any) -> None:
+    page = _logged_in_page(pacs, new_page)
+    assert page.locator("#logout").is_visible()
+    page.click("#logout")
+    page.wait_for_function("() => location.hash.startsWith('#/login')")
+    _ready(page)
+    assert page.locator("#logout").is_hidden()
+    assert page.locator("#nav a").count() == 0
+    # (a plain fetch would get the Basic challenge, and the browser would wait for a password)
+    status = page.evaluate(
+        "async () => (await fetch('/api/me', {headers: {'X-Requested-With': 'pacsbox-ui'}})).status"
+    )
+    assert status == 401
+    page.goto(f"{pacs.url}/#/dashboard")
+    _ready(page)
+    assert "#/login" in page.url and "next=" in page.url
