@@ -180,6 +180,9 @@ def test_installed_build_is_rebased() -> None:
     assert "routerBasename: '/viewer/ohif'" in config
     assert "http" not in config.replace("httpErrorHandler", "")  # no external URL
     assert "'ohif.tours': { $set: [] }" in config
+    guard = (root / "pacsbox-guard.js").read_text()
+    assert "/api/me" in guard and "X-Requested-With" in guard and "pacsbox-ui" in guard
+    assert html.index("pacsbox-guard.js") < html.index("app-config.js") < html.index("app.bundle")
     bundles = list(root.glob("app.bundle.*.js"))
     assert len(bundles) == 1 and (root / (bundles[0].name + ".gz")).is_file()
     assert '__webpack_require__.p = "/viewer/ohif/";' in bundles[0].read_text()
