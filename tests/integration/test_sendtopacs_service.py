@@ -607,3 +607,52 @@ def test_temp_leftovers_of_a_killed_service_are_removed(tmp_path: Path) -> None:
     state.stop()
     assert (shared / "someone-elses.txt").read_text() == "keep"  # never touched
     assert not (shared / "uploads").exists() and not (shared / "jobs").exists()
+
+
+def test_dicom_files_replace_worklist_info(
+    tmp_path: Path, client_for, http_worklist, make_server
+) -> None:
+    """SPEC S3 "replace full worklist info" through the API: the DICOM file arrives with the
+    worklist entry's patient and accession; without a picked entry the request is refused."""
+    from sqlalchemy import select
+
+    from pacsbox.archive.index.models import Patient, Study
+    from tests.helpers import make_ct
+
+    server = make_server(PACSBOX_PERMISSIVE_AES="true", PACSBOX_PERMISSIVE_AES_ENABLED="true")
+    client = client_for(_with_worklist(write_settings(tmp_path), http_worklist[0]))
+    dev = {"name": "p", "ae_title": "PACSBOX", "host": "127.0.0.1", "port": server.port}
+    assert client.post("/api/devices", json=dev).status_code == 201
+    ds = make_ct(patient_id="WRONG", patient_name="Wrong^Name")
+    ds.AccessionNumber = "OLD"
+    ds.save_as(tmp_path / "ct.dcm", enforce_file_format=True)
+    added = client.post("/api/files/paths", json={"paths": [str(tmp_path / "ct.dcm")]}).json()
+    ids = [added["added"][0]["id"]]
+    r = client.post("/api/send", json={"files": ids, "replace_worklist_info": True})
+    assert r.status_code == 422 and "worklist_ref" in r.json()["error"]
+    r = client.post("/api/send", json={"files": ids, "replace_worklist_info": "yes"})
+    assert r.status_code == 400
+    (match,) = client.post(
+        "/api/worklist/search", json={"device": "his", "query": {"patient_id": "WL7"}}
+    ).json()["matches"]
+    r = client.post(
+        "/api/send",
+        json={"files": ids, "replace_worklist_info": True, "worklist_ref": match["ref"]},
+    )
+    assert r.status_code == 202, r.text
+    job = _wait_job(client, r.json()["id"])
+    assert job["state"] == "done", job
+    arch = open_server_archive(server)
+    try:
+        with arch.engine.connect() as conn:
+            pid, name = conn.execute(
+                select(Patient.__table__.c.patient_id, Patient.__table__.c.patient_name)
+            ).one()
+            acc, uid = conn.execute(
+                select(Study.__table__.c.accession_number, Study.__table__.c.study_instance_uid)
+            ).one()
+    finally:
+        arch.engine.dispose()
+    assert (pid, name, acc) == ("WL7", "Muster^Max", "A77")
+    assert uid == ds.StudyInstanceUID  # the worklist gave no Study Instance UID: kept
+    assert dcmread(tmp_path / "ct.dcm").PatientID == "WRONG"  # the source is untouched

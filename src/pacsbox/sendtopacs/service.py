@@ -543,9 +543,10 @@ class ServiceState:
 
         from pacsbox.sendtopacs.convert import Converter, ConvertError
         from pacsbox.sendtopacs.send import ItemResult, SendItem, send_items
-        from pacsbox.sendtopacs.tagupdate import apply_updates, parse_updates
+        from pacsbox.sendtopacs.tagupdate import apply_updates, apply_worklist, parse_updates
 
         settings = self.settings
+        replace_patient = params.get("replace_patient")
         updates = parse_updates(settings.tag_updates) if settings.tag_updates else []
         device: Device | None = params.get("device_obj")
         patient = params.get("patient")
@@ -568,11 +569,16 @@ class ServiceState:
                     if job.kind == "convert":
                         jf.state, jf.message = "failed", "already DICOM (nothing to convert)"
                         continue
-                    if updates:  # the settings' tag update patterns (SPEC S3)
+                    if updates or replace_patient is not None:
+                        # the worklist entry replaces patient/study data, then the settings'
+                        # tag update patterns apply (SPEC S3)
                         ds = dcmread(path)
                         if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
                             raise ValueError("not a DICOM Part-10 file (no SOP Class/Instance UID)")
-                        changes = apply_updates(ds, updates)
+                        changes = []
+                        if replace_patient is not None:
+                            changes += apply_worklist(ds, replace_patient)
+                        changes += apply_updates(ds, updates)
                         si = SendItem.from_dataset(f"{jf.file_id}:0", ds)
                         if changes:
                             job.note(f"{jf.name}: {len(changes)} attribute(s) updated")
@@ -994,7 +1000,23 @@ def create_app(state: ServiceState) -> Any:
                 return fail(400, str(exc))
         patient = None
         worklist_only = [d.name for d in worklist_devices() if d.worklist_only]
-        if any(not f.dicom for f in chosen) and data.get("worklist_ref"):
+        # DICOM inputs (SPEC S3): sent as they are, or mapped onto the chosen worklist entry
+        # ("replace full worklist info", tagupdate.apply_worklist); the default follows the
+        # settings' dicom_mode
+        replace = data.get("replace_worklist_info")
+        if replace is None:
+            replace = state.settings.dicom_mode == "worklist"
+        if not isinstance(replace, bool):
+            return fail(400, "replace_worklist_info: true or false")
+        replace = replace and any(f.dicom for f in chosen)
+        if replace and not data.get("worklist_ref"):
+            return fail(
+                422,
+                "replace worklist info: pick the worklist entry for the DICOM files "
+                "(worklist search) and send its worklist_ref",
+                errors=["worklist_ref: required to replace the DICOM files' worklist info"],
+            )
+        if data.get("worklist_ref") and (replace or any(not f.dicom for f in chosen)):
             # the patient as the worklist gave it ("Select" in the search window)
             with state.lock:
                 picked = state.worklist_refs.get(str(data["worklist_ref"]))
@@ -1055,7 +1077,13 @@ def create_app(state: ServiceState) -> Any:
         job.note(f"{kind} {len(chosen)} file(s)" + (f" to {device.name}" if device else ""))
         for f in chosen:
             f.state, f.message = "queued", ""
-        state.submit(job, {"device_obj": device, "patient": patient, "options": options})
+        params = {
+            "device_obj": device,
+            "patient": patient if any(not f.dicom for f in chosen) else None,
+            "options": options,
+            "replace_patient": patient if replace else None,
+        }
+        state.submit(job, params)
         return JSONResponse(job.as_dict(), status_code=202)
 
     @app.post("/api/send")

@@ -319,6 +319,13 @@ $("#btn-send").addEventListener("click", async () => {
     else body.patient = p;
     body.options = options;
   }
+  if (pending.some((f) => f.dicom)) {
+    body.replace_worklist_info = $("#replace-wl").checked;
+    if (body.replace_worklist_info) {
+      if (!state.worklistRef) { log("pick the worklist entry for the DICOM files first (Search worklist…)"); return; }
+      body.worklist_ref = state.worklistRef;
+    }
+  }
   try {
     const job = await api("POST", "/api/send", body);
     state.job = job;
@@ -431,6 +438,7 @@ async function refreshStatus() {
     state.settings = await api("GET", "/api/settings");
     const wl = await api("GET", "/api/worklist/devices");
     state.worklistOnly = wl.some((d) => d.worklist_only);
+    $("#replace-wl").checked = state.settings.dicom_mode === "worklist";
     await loadDevices();
     await loadFiles();
   } catch (e) { log(`cannot reach the service: ${e.message}`); }
