@@ -510,3 +510,34 @@ def test_logout_ends_the_session(pacs: Any, new_page: Any) -> None:
     page.goto(f"{pacs.url}/#/dashboard")
     _ready(page)
     assert "#/login" in page.url and "next=" in page.url
+
+
+def test_an_ended_session_returns_to_the_login_form(
+    pacs: Any, new_page: Any, studies: dict[str, str]
+) -> None:
+    page = _logged_in_page(pacs, new_page)
+    _goto_hash(page, "#/list?accessionnumber=OP*")
+    # the session ends behind the application's back (another tab logged out, or it expired)
+    page.evaluate(
+        "async () => fetch('/api/logout', {method: 'POST',"
+        " headers: {'X-CSRF-Token': sessionStorage.getItem('pacsbox.csrf')}})"
+    )
+    page.click("#nav a[data-route=dashboard]")
+    page.wait_for_function("() => location.hash.startsWith('#/login')")
+    _ready(page)
+    assert "session ended" in page.inner_text(".toasts")
+    assert "next=" in page.url and "dashboard" in page.url
+    # a wrong current password in the password form is an error there, not a logout
+    pacs.add_user("pwuser", "viewer", "pwuser-pass-1")
+    page.fill("input[name=username]", "pwuser")
+    page.fill("input[name=password]", "pwuser-pass-1")
+    page.press("input[name=password]", "Enter")
+    page.wait_for_function("() => location.hash.startsWith('#/dashboard')")
+    _ready(page)
+    _goto_hash(page, "#/password")
+    page.fill("input[name=current]", "not-my-password")
+    page.fill("input[name=new]", "another-pass-1")
+    page.fill("input[name=again]", "another-pass-1")
+    page.press("input[name=again]", "Enter")
+    page.wait_for_selector(".page-password .error-box")
+    assert "#/password" in page.url

@@ -87,6 +87,9 @@ export async function request(path, {method = 'GET', body, query, accept} = {}) 
   } finally {
     busy(-1);
   }
+  if (r.status === 401 && !/^\/api\/(login|otp|me\/password)/.test(path)) {
+    window.dispatchEvent(new CustomEvent('pacsbox:unauthorized')); // the session ended
+  }
   if (!r.ok) throw new ApiError(r.status, await errorMessage(r));
   const type = r.headers.get('content-type') || '';
   const data = type.includes('json') ? await r.json() : await r.text();

@@ -211,6 +211,14 @@ async function start() {
   await loadMe();
   renderChrome();
   window.addEventListener('hashchange', route);
+  window.addEventListener('pacsbox:unauthorized', () => {
+    if (!session.me) return;
+    session.me = null;
+    setCsrf(null);
+    renderChrome();
+    toast(t('login.expired'), 'error');
+    navigate(hashUrl('login', {next: location.hash}), {replace: true});
+  });
   await route();
 }
 
