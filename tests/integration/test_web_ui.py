@@ -143,3 +143,20 @@ def test_no_external_urls_in_the_application() -> None:
             text = f.read_text()
             assert not re.search(r"(src|href)\s*=\s*[\"']https?://", text), f
             assert "@import" not in text and "fonts.googleapis" not in text, f
+
+
+def test_every_registered_page_exists_and_renders_something() -> None:
+    """pages/registry.js is the one list of pages: each module is there, exports render(),
+    and its title is translated."""
+    registry = (UI_DIR / "pages" / "registry.js").read_text()
+    en = json.loads((UI_DIR / "i18n" / "en.json").read_text())
+    entries = re.findall(
+        r"\{route: '([a-z-]+)', module: '\./([a-z-]+\.js)', title: '([^']+)'", registry
+    )
+    assert len(entries) >= 15
+    routes = [r for r, _m, _t in entries]
+    assert len(routes) == len(set(routes))
+    for route, module, title in entries:
+        source = (UI_DIR / "pages" / module).read_text()
+        assert re.search(r"^export (async )?function render\(", source, re.M), module
+        assert title in en, (route, title)
