@@ -483,4 +483,12 @@ def test_compressed_multiframe(
     for answer in frame_answers:
         head = answer.body()[:300]
         assert f"transfer-syntax={syntax}".encode() in head, head
+    # cine: OHIF's player (shown for multi-frame objects) runs through the frames
+    page.locator('[data-cy="cine-player-play-pause"]').click()
+    page.wait_for_function(
+        """() => { const m = document.body.innerText.match(/\\((\\d+)\\/10\\)/);
+                   return m && Number(m[1]) >= 5; }""",
+        timeout=20_000,
+    )
+    page.locator('[data-cy="cine-player-play-pause"]').click()
     shot(page, f"viewer-multiframe-{syntax}")
