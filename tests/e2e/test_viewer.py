@@ -6,6 +6,7 @@ document, and OHIF's own PDF viewport."""
 from __future__ import annotations
 
 import hashlib
+import os
 import statistics
 import time
 from pathlib import Path
@@ -23,9 +24,17 @@ from tests.unit.test_sr_report import HOSTILE, make_pdf, make_sr, minimal_pdf
 N_IMAGES = 300
 SIZE = 512
 
-pytestmark = pytest.mark.skipif(
-    not (OHIF_DIR / "index.html").is_file(), reason="OHIF is not installed: make viewer"
-)
+
+@pytest.fixture(autouse=True)
+def _ohif_installed() -> None:
+    """Skip where OHIF was not fetched (no network on a developer's machine); under CI it
+    is a failure: `make test` fetches it."""
+    if not (OHIF_DIR / "index.html").is_file():
+        reason = "OHIF is not installed: make viewer"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
 
 #: runs in every page before its own scripts: records when a viewport canvas first shows
 #: something other than black (performance.now(), ms since the navigation started). Canvas
@@ -492,3 +501,53 @@ def test_compressed_multiframe(
     )
     page.locator('[data-cy="cine-player-play-pause"]').click()
     shot(page, f"viewer-multiframe-{syntax}")
+
+
+def test_video_plays_in_ohif(pacs: Any, new_page: Any, tmp_path: Path) -> None:
+    """An H.264 Video Photographic instance (made by sendtopacs from an MP4) plays in OHIF:
+    its video viewport gets pacsbox's /rendered MP4 (byte ranges), draws the picture and
+    moves on from frame to frame."""
+    from pacsbox.sendtopacs.convert import Converter, ConvertOptions
+    from tests.unit.test_sendtopacs_convert import _video, patient
+
+    clip = tmp_path / "clip.mp4"
+    _video(clip, "libx264", opts={"profile": "high"}, n=125)  # 5 s at 25 fps
+    (item,) = Converter(patient(), ConvertOptions()).convert(clip)
+    stored = item.save(tmp_path / "dicom")
+    assert pacs.store([stored])["stored"] == 1
+    study = item.dataset.StudyInstanceUID
+    page = new_page()
+    login(page, pacs.url, "admin", pacs.admin_password)
+    mp4_answers: list[Any] = []
+    page.on(
+        "response",
+        lambda r: mp4_answers.append(r) if r.headers.get("content-type") == "video/mp4" else None,
+    )
+    page.goto(f"{pacs.url}/viewer/ohif/viewer?StudyInstanceUIDs={study}")
+    page.wait_for_function(
+        f"() => {{ const r = ({CANVAS_HASH})(); return r && r.lit > r.w * r.h / 4; }}",
+        timeout=60_000,
+    )
+    assert mp4_answers and mp4_answers[0].status in (200, 206)
+    first = page.evaluate(CANVAS_HASH)
+    # OHIF's Cine tool (under "More tools") has the play button of a video viewport
+    page.locator('[data-cy="MoreTools-split-button-secondary"]').click()
+    page.get_by_text("Cine", exact=True).first.click()
+    play = page.locator('[data-cy="cine-player-play-pause"]')
+    play.wait_for(timeout=10_000)
+    play.click()
+    page.wait_for_function(
+        f"() => {{ const r = ({CANVAS_HASH})(); return r && r.hash !== {first['hash']}; }}",
+        timeout=20_000,
+    )
+    page.wait_for_timeout(1500)
+    state = page.evaluate(
+        """() => window.cornerstone.getEnabledElements()
+              .filter((e) => e.viewport.type === 'video')
+              .map((e) => ({paused: e.viewport.videoElement.paused,
+                            time: e.viewport.videoElement.currentTime,
+                            duration: e.viewport.videoElement.duration}))"""
+    )
+    assert len(state) == 1 and not state[0]["paused"], state
+    assert state[0]["time"] > 0.5 and state[0]["duration"] == pytest.approx(5, abs=0.2)
+    shot(page, "viewer-video")

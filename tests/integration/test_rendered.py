@@ -329,3 +329,50 @@ def test_study_and_series_rendered_multipart(client: TestClient, tmp_path: Path)
     sr = dcmread(PYDICOM_TEST_FILES / "test-SR.dcm", stop_before_pixels=True)
     r = client.get(f"/dicom-web/studies/{sr.StudyInstanceUID}/rendered", headers=AUTH)
     assert r.status_code == 406
+
+
+# -- video instances as video/mp4 (SPEC E5 video playback) ----------------------------------
+def test_video_instance_rendered_as_mp4(client: TestClient, tmp_path: Path) -> None:
+    import av
+
+    from pacsbox.archive.video import cache_root_for
+    from pacsbox.sendtopacs.convert import Converter, ConvertOptions
+    from tests.unit.test_sendtopacs_convert import _video, patient
+
+    clip = tmp_path / "clip.mp4"
+    _video(clip, "libx264", opts={"profile": "high"}, n=20)
+    (item,) = Converter(patient(), ConvertOptions()).convert(clip)
+    stored = item.save(tmp_path / "dicom")
+    ds = dcmread(stored)
+    store(client, stored, tmp_path)
+    r = client.get(url(ds), headers={**AUTH, "Accept": "*/*"})  # what a <video> element sends
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "video/mp4" and r.headers["accept-ranges"] == "bytes"
+    with av.open(io.BytesIO(r.content)) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+        assert len(list(c.decode(video=0))) == 20
+    ranged = client.get(url(ds), headers={**AUTH, "Range": "bytes=0-99"})
+    assert ranged.status_code == 206 and ranged.content == r.content[:100]
+    assert client.get(url(ds) + "?accept=video/mp4", headers=AUTH).content == r.content
+    # an image asked for: a picture of the video (decoded with PyAV); thumbnails too
+    jpeg = client.get(url(ds), headers={**AUTH, "Accept": "image/jpeg"})
+    assert jpeg.status_code == 200 and jpeg.headers["content-type"] == "image/jpeg"
+    assert decode(jpeg.content).shape == (240, 320, 3)
+    tenth = client.get(url(ds, "frames/10/rendered"), headers=AUTH)
+    assert tenth.status_code == 200 and tenth.content != jpeg.content
+    assert client.get(url(ds, "frames/21/rendered"), headers=AUTH).status_code == 404
+    series_thumb = client.get(
+        f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/thumbnail",
+        headers=AUTH,
+    )
+    assert series_thumb.status_code == 200
+    assert client.get(url(ds), headers=basic(*NOVIEW)).status_code == 403
+    cached = list(cache_root_for(client.archive.store.root).rglob("*.mp4"))  # type: ignore[attr-defined]
+    assert len(cached) == 1
+    # deleting the study removes the browser copy with the stored file
+    from pacsbox.archive.deletion import ArchiveDeletion
+
+    ArchiveDeletion(client.archive.engine, client.archive.store).delete_study(  # type: ignore[attr-defined]
+        ds.StudyInstanceUID, user="test", client="127.0.0.1"
+    )
+    assert not cached[0].exists()

@@ -237,9 +237,13 @@ class ArchiveDeletion:
     def _remove_files(self, result: Deleted) -> None:
         # Emptied study/series folders stay: every process's store caches the folders it
         # created (FilesystemStore._known_dirs), so removing one would fail later stores.
+        from pacsbox.archive.video import cache_root_for, remove_cached
+
+        videos = cache_root_for(self.store.root)
         for key in result.files:
             try:
                 self.store.delete(key)
+                remove_cached(videos, key)  # a browser-playable copy of a video, if made
             except (OSError, ValueError) as exc:
                 log.warning("could not remove %s: %s", key, exc)
         log.info(

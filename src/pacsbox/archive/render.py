@@ -47,6 +47,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 
+from pacsbox.archive.video import VIDEO_SYNTAXES
+
 #: Largest side of an output image; larger requests are capped (hostile input).
 MAX_OUTPUT_SIDE = 4096
 #: Widest integer value range mapped through one lookup table (else the float path).
@@ -305,6 +307,14 @@ def read_frame(path: Path, transfer_syntax_uid: str, frame: int = 1) -> Frame:
         nframes = _number_of_frames(header)
         if frame < 1 or frame > nframes:
             raise FrameNotFound(f"frame {frame} does not exist (the object has {nframes})")
+        if str(ts) in VIDEO_SYNTAXES:  # MPEG-2 / H.264 / HEVC: decoded with PyAV (FFmpeg)
+            from pacsbox.archive.video import VideoRenderError, decode_frame
+
+            try:
+                rgb = decode_frame(fh, str(ts), frame - 1)
+            except VideoRenderError as exc:
+                raise NotRenderable(str(exc)) from exc
+            return Frame(header, rgb, "RGB", frame - 1, nframes)
         fast = _native_gray_frame(fh, header, ts, keyword, length, frame - 1, nframes)
         if fast is not None:
             return Frame(header, fast, _photometric(header), frame - 1, nframes)

@@ -29,12 +29,13 @@ The work is :mod:`pacsbox.archive.render`; nothing is cached (``Cache-Control: n
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
-from pacsbox.archive import render
+from pacsbox.archive import render, video
 from pacsbox.archive.storage import InvalidUID, check_uid
 from pacsbox.web.auth import Principal, context, require
 
@@ -134,6 +135,60 @@ def _params(request: Request, thumbnail: bool) -> tuple[render.RenderParams, str
     return params, media
 
 
+def wants_video(accept: str | None) -> bool:
+    """True when an Accept value (or ``accept`` parameter) takes video/mp4: absent, or
+    ``video/mp4``, ``video/*`` or ``*/*`` with q > 0 (a browser's ``<video>`` element sends
+    ``*/*``)."""
+    if accept is None or not accept.strip():
+        return True
+    for item in accept.split(",")[:64]:
+        fields = [f.strip() for f in item.split(";")]
+        q = 1.0
+        for f in fields[1:]:
+            name, _, value = f.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q > 0 and fields[0].lower() in ("video/mp4", "video/*", "*/*"):
+            return True
+    return False
+
+
+def _video(request: Request, p: Principal, image: render.StoredImage) -> Response:
+    """The video instance as MP4 (archive/video.py), cached; byte ranges served (RFC 9110
+    §14) so the browser can seek."""
+    ctx = context(request)
+    root = Path(ctx.archive.store.root)
+    try:
+        key = image.path.relative_to(root).as_posix()
+    except ValueError:
+        key = str(image.path)  # imported in place
+    try:
+        mp4 = video.cached_mp4(
+            image.path,
+            key,
+            image.transfer_syntax_uid,
+            video.cache_root_for(root),
+            Path(ctx.settings.data_dir) / "tmp",
+        )
+    except video.VideoRenderError as exc:
+        raise HTTPException(406, str(exc)) from exc
+    except FileNotFoundError as exc:
+        raise HTTPException(404, "the instance was deleted") from exc
+    audit_read(request, p, "rendered video", image)
+    return FileResponse(mp4, media_type="video/mp4", headers={"Cache-Control": "private"})
+
+
+def _thumbnail_frame(image: render.StoredImage) -> int:
+    """The middle frame; the first of a video (decoding half a video for a thumbnail is
+    not worth it)."""
+    if image.transfer_syntax_uid in video.VIDEO_SYNTAXES:
+        return 1
+    return (image.frames + 1) // 2
+
+
 def _frame_number(frames: str) -> int:
     parts = [f.strip() for f in frames.split(",")]
     if len(parts) != 1:
@@ -207,7 +262,14 @@ def instance_rendered(
     request: Request,
     p: Principal = Depends(require("view")),
 ) -> Response:
-    return _respond(request, p, _instance(request, study, series, sop), 1, False, False)
+    """Frame 1 as an image; a video instance (MPEG-2, H.264, HEVC transfer syntaxes) as
+    video/mp4 when the client takes it (PS3.18 Table 8.7.4-1)."""
+    image = _instance(request, study, series, sop)
+    if image.transfer_syntax_uid in video.VIDEO_SYNTAXES and wants_video(
+        request.query_params.get("accept") or request.headers.get("accept")
+    ):
+        return _video(request, p, image)
+    return _respond(request, p, image, 1, False, False)
 
 
 @router.get(
@@ -240,7 +302,7 @@ def instance_thumbnail(
     p: Principal = Depends(require("view")),
 ) -> Response:
     image = _instance(request, study, series, sop)
-    return _respond(request, p, image, (image.frames + 1) // 2, True, False)
+    return _respond(request, p, image, _thumbnail_frame(image), True, False)
 
 
 @router.get(
@@ -287,7 +349,7 @@ def series_thumbnail(
     p: Principal = Depends(require("view")),
 ) -> Response:
     image = _representative(request, study, series)
-    return _respond(request, p, image, (image.frames + 1) // 2, True, False)
+    return _respond(request, p, image, _thumbnail_frame(image), True, False)
 
 
 @router.get(
@@ -301,7 +363,7 @@ def study_thumbnail(
     p: Principal = Depends(require("view")),
 ) -> Response:
     image = _representative(request, study, None)
-    return _respond(request, p, image, (image.frames + 1) // 2, True, False)
+    return _respond(request, p, image, _thumbnail_frame(image), True, False)
 
 
 def _multipart(request: Request, p: Principal, study: str, series: str | None) -> Response:
