@@ -153,7 +153,8 @@ def browser() -> Iterator[Any]:
 
 def _local_only(route: Any) -> None:
     host = urlsplit(route.request.url).hostname or ""
-    if route.request.url.startswith(("data:", "blob:")) or host in LOCAL_HOSTS:
+    # chrome:// and chrome-extension:// are the browser's own pages (its PDF viewer)
+    if route.request.url.startswith(("data:", "blob:", "chrome")) or host in LOCAL_HOSTS:
         route.continue_()
     else:
         route.abort()
