@@ -11,7 +11,8 @@ FindSCP.answer` — the same code pynetdicom's handler calls. This module only m
 - response identifiers with plain ASCII text values are encoded directly from the data set's
   elements; anything else (sequences, binary VRs, non-ASCII text) goes through pydicom's
   writer, so the bytes are always what pydicom would write;
-- pending responses are written in batches (one ``sendall`` for several), and between
+- pending responses are written in batches (the first at once, then growing to 64 KB per
+  ``sendall``), and between
   matches the socket is polled without blocking for a C-CANCEL-RQ (PS3.7 §9.3.2.3), which
   ends the search with status FE00.
 
@@ -387,6 +388,9 @@ class LeanFind:
         )
         batch: list[bytes] = []
         waiting = 0
+        #: the first match goes out at once (the user sees it, and a C-CANCEL sent on seeing
+        #: it arrives while there is still something to cancel); then batches grow to 64 KB
+        limit = 0
         final = False
         try:
             for status, ds in responses:
@@ -410,9 +414,10 @@ class LeanFind:
                 if code != STATUS_PENDING:
                     final = True
                     break
-                if waiting >= BATCH_BYTES:
+                if waiting >= limit:
                     self.send(b"".join(batch))
                     batch, waiting = [], 0
+                    limit = min(max(2 * limit, 4096), BATCH_BYTES)
         finally:
             close = getattr(responses, "close", None)
             if close is not None:
