@@ -717,8 +717,8 @@ class StoredImage:
     sop_instance_uid: str
     series_instance_uid: str
     study_instance_uid: str
-    rows: int | None
-    number_of_frames: int | None
+    rows: int | None = None
+    number_of_frames: int | None = None
 
     @property
     def is_image(self) -> bool:
@@ -759,9 +759,10 @@ def _stored(store: Any, row: Any) -> StoredImage:
 
 
 def find_instance(
-    engine: Any, store: Any, study_uid: str, series_uid: str | None, sop_uid: str
+    engine: Any, store: Any, study_uid: str | None, series_uid: str | None, sop_uid: str
 ) -> StoredImage | None:
-    """The instance ``sop_uid`` if it belongs to ``study_uid`` (and ``series_uid``)."""
+    """The instance ``sop_uid`` if it belongs to ``study_uid`` (and ``series_uid``; None
+    checks nothing)."""
     from sqlalchemy import select
 
     from pacsbox.archive.retrieve import INSTANCE, SERIES, STUDY
@@ -770,8 +771,10 @@ def find_instance(
         select(*_image_columns())
         .join(SERIES, SERIES.c.id == INSTANCE.c.series_fk)
         .join(STUDY, STUDY.c.id == SERIES.c.study_fk)
-        .where(INSTANCE.c.sop_instance_uid == sop_uid, STUDY.c.study_instance_uid == study_uid)
+        .where(INSTANCE.c.sop_instance_uid == sop_uid)
     )
+    if study_uid is not None:
+        stmt = stmt.where(STUDY.c.study_instance_uid == study_uid)
     if series_uid is not None:
         stmt = stmt.where(SERIES.c.series_instance_uid == series_uid)
     with engine.connect() as conn:

@@ -26,13 +26,15 @@ import io
 import re
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
+
+from pacsbox.archive.render import StoredImage
+from pacsbox.archive.render import find_instance as render_find_instance
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
@@ -56,50 +58,13 @@ class NotAReport(ValueError):
     """The instance holds no SR content tree / no encapsulated document."""
 
 
-@dataclass(frozen=True)
-class StoredInstance:
-    """Where a stored instance is (from the index)."""
-
-    path: Path
-    transfer_syntax_uid: str
-    storage_format: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    series_instance_uid: str
-    study_instance_uid: str
+#: Where a stored instance is (from the index): path, transfer syntax, storage format, UIDs.
+StoredInstance = StoredImage
 
 
 def find_instance(engine: Any, store: Any, sop_uid: str) -> StoredInstance | None:
     """The index row of ``sop_uid`` (None when unknown)."""
-    from sqlalchemy import select
-
-    from pacsbox.archive.retrieve import INSTANCE, SERIES, STUDY
-
-    stmt = (
-        select(
-            INSTANCE.c.file_path,
-            INSTANCE.c.linked,
-            INSTANCE.c.transfer_syntax_uid,
-            INSTANCE.c.storage_format,
-            INSTANCE.c.sop_class_uid,
-            INSTANCE.c.sop_instance_uid,
-            SERIES.c.series_instance_uid,
-            STUDY.c.study_instance_uid,
-        )
-        .join(SERIES, SERIES.c.id == INSTANCE.c.series_fk)
-        .join(STUDY, STUDY.c.id == SERIES.c.study_fk)
-        .where(INSTANCE.c.sop_instance_uid == sop_uid)
-    )
-    with engine.connect() as conn:
-        row = conn.execute(stmt).first()
-    if row is None:
-        return None
-    file_path, linked, ts, fmt, sop_class, sop, series, study = row
-    try:
-        path = Path(store.locate(file_path, linked))
-    except ValueError:  # a key that would leave the store root cannot be opened
-        path = Path(store.root) / ".invalid-key"
-    return StoredInstance(path, str(ts), str(fmt), str(sop_class), str(sop), str(series), study)
+    return render_find_instance(engine, store, None, None, sop_uid)
 
 
 def _at_pixels(tag: Any, _vr: Any, _length: Any) -> bool:
