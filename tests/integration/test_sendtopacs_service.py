@@ -656,3 +656,39 @@ def test_dicom_files_replace_worklist_info(
     assert (pid, name, acc) == ("WL7", "Muster^Max", "A77")
     assert uid == ds.StudyInstanceUID  # the worklist gave no Study Instance UID: kept
     assert dcmread(tmp_path / "ct.dcm").PatientID == "WRONG"  # the source is untouched
+
+
+def test_failed_logins_are_throttled_per_address(tmp_path: Path, client_for) -> None:
+    """Brute force on the API: five wrong passwords from one address lock it (429 with
+    Retry-After, even with the right password); other addresses are not affected; the lock
+    ends, doubles on the next round, and a success resets the count."""
+    from pacsbox.sendtopacs.service import AuthThrottle
+
+    settings = write_settings(tmp_path, username="api", password=STRONG)
+    attacker = client_for(settings, client=("127.0.0.1", 50001))
+    clock = [1000.0]
+    state = attacker.app.state.stp
+    state.throttle = AuthThrottle(clock=lambda: clock[0])
+    for _ in range(5):
+        assert (
+            attacker.get("/api/status", headers=basic("api", "Wr0ng-password!")).status_code == 401
+        )
+    locked = attacker.get("/api/status", headers=basic("api", STRONG))
+    assert locked.status_code == 429 and int(locked.headers["retry-after"]) >= 30
+    assert attacker.get("/api/health").status_code == 200  # health is never locked
+    # another address is served (the same app, another client address)
+    other = TestClient(attacker.app, client=("::1", 50002), base_url="http://127.0.0.1")
+    assert other.get("/api/status", headers=basic("api", STRONG)).status_code == 200
+    # requests without credentials do not count towards a lock
+    clock[0] += 31
+    for _ in range(10):
+        assert attacker.get("/api/status").status_code == 401
+    assert attacker.get("/api/status", headers=basic("api", STRONG)).status_code == 200
+    # the count was reset by the success; the next lock is twice as long
+    for _ in range(5):
+        attacker.get("/api/status", headers=basic("api", "Wr0ng-password!"))
+    assert int(attacker.get("/api/status").headers["retry-after"]) >= 30
+    unit = AuthThrottle(clock=lambda: clock[0])
+    for _ in range(10):
+        unit.failed("x")
+    assert unit.locked_for("x") == 60.0  # second lock in a row: doubled

@@ -22,7 +22,8 @@ they are set):
 
 Security (SPEC S7, R3): bound to 127.0.0.1 by default; a request from an address outside
 ``allowed_ips`` (addresses or networks) gets 403; when a user name and password are set every
-``/api`` request needs HTTP Basic (RFC 7617) — 401 with ``WWW-Authenticate`` otherwise — and a
+``/api`` request needs HTTP Basic (RFC 7617) — 401 with ``WWW-Authenticate`` otherwise, 429
+after five wrong attempts from one address (:class:`AuthThrottle`) — and a
 weak password (< 12 characters, or missing an upper-case letter, a lower-case letter, a digit
 or a special character, or containing the user name) is refused when it is configured. The
 ``Host`` header must name a loopback or configured address (no DNS rebinding) and a request
@@ -332,6 +333,56 @@ class Job:
         }
 
 
+class AuthThrottle:
+    """Failed HTTP Basic logins per client address (brute-force protection of the API): after
+    ``max_failures`` wrong credentials within ``window`` seconds the address is answered 429
+    for ``lock`` seconds, doubled for each further lock up to ``max_lock``; a success resets.
+    Requests without credentials do not count (a browser's first request has none)."""
+
+    def __init__(
+        self,
+        max_failures: int = 5,
+        window: float = 300.0,
+        lock: float = 30.0,
+        max_lock: float = 900.0,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.max_failures, self.window, self.lock, self.max_lock = (
+            max_failures,
+            window,
+            lock,
+            max_lock,
+        )
+        self.clock = clock
+        self._guard = threading.Lock()
+        #: address -> [failures in the window, window start, locked until, next lock length]
+        self._state: dict[str, list[float]] = {}
+
+    def locked_for(self, client: str) -> float:
+        """Seconds the address must still wait (0: not locked)."""
+        with self._guard:
+            entry = self._state.get(client)
+            return max(0.0, entry[2] - self.clock()) if entry else 0.0
+
+    def failed(self, client: str) -> None:
+        now = self.clock()
+        with self._guard:
+            if len(self._state) > 10_000:  # bounded: forget addresses that are not locked
+                self._state = {k: v for k, v in self._state.items() if v[2] > now}
+            entry = self._state.setdefault(client, [0, now, 0.0, self.lock])
+            if now - entry[1] > self.window:
+                entry[0], entry[1] = 0, now
+            entry[0] += 1
+            if entry[0] >= self.max_failures:
+                entry[2] = now + entry[3]
+                entry[3] = min(entry[3] * 2, self.max_lock)
+                entry[0], entry[1] = 0, now
+
+    def succeeded(self, client: str) -> None:
+        with self._guard:
+            self._state.pop(client, None)
+
+
 class ServiceState:
     """Everything the API works on: settings, file list, jobs, monitors."""
 
@@ -345,6 +396,7 @@ class ServiceState:
         self.jobs: dict[str, Job] = {}
         self.events: list[dict[str, Any]] = []
         self._auth_cache: set[str] = set()
+        self.throttle = AuthThrottle()
         #: worklist entries handed out by /api/worklist/search: ref → (time, PatientInfo)
         self.worklist_refs: dict[str, tuple[float, Any]] = {}
         self.loopback = self.config.loopback
@@ -684,14 +736,21 @@ def create_app(state: ServiceState) -> Any:
             if origin.rstrip("/") != expected:
                 return fail(403, "cross-site request refused")
         path = request.url.path
-        if (
-            state.config.secured
-            and path != "/api/health"
-            and not state.check_basic(request.headers.get("authorization", ""))
-        ):
-            resp = fail(401, "credentials required")
-            resp.headers["WWW-Authenticate"] = 'Basic realm="sendtopacs", charset="UTF-8"'
-            return resp
+        if state.config.secured and path != "/api/health":
+            who = client or ""
+            wait = state.throttle.locked_for(who)
+            if wait > 0:
+                resp = fail(429, "too many failed logins from this address; try again later")
+                resp.headers["Retry-After"] = str(int(wait) + 1)
+                return resp
+            header = request.headers.get("authorization", "")
+            if not state.check_basic(header):
+                if header:
+                    state.throttle.failed(who)
+                resp = fail(401, "credentials required")
+                resp.headers["WWW-Authenticate"] = 'Basic realm="sendtopacs", charset="UTF-8"'
+                return resp
+            state.throttle.succeeded(who)
         return await call_next(request)
 
     def body_dict(data: Any) -> dict[str, Any]:
