@@ -780,44 +780,15 @@ def search_studies(
     """Query keys are DICOM keywords with C-FIND matching (PS3.4 §C.2.2.2): ``PatientName=
     DOE*``, ``StudyDate=20260101-20260131``, ``ModalitiesInStudy=CT``, ``PatientID=...``,
     ``AccessionNumber=...``, ``StudyInstanceUID=...``. Unknown keys are a 400."""
-    from pacsbox.archive.query import Level, QueryEngine, QueryError, match_for
-    from pacsbox.archive.query import Query as DicomQuery
+    from pacsbox.archive.query import Level, Model
 
-    ctx = context(request)
-    keys = []
-    for key, value in request.query_params.multi_items():
-        if key in ("limit", "offset"):
-            continue
-        if key not in _SEARCH_KEYS:
-            raise HTTPException(
-                400,
-                f"unknown search key {key[:64]!r}; use one of " + ", ".join(sorted(_SEARCH_KEYS)),
-            )
-        try:
-            keys.append(match_for(key, value))
-        except QueryError as exc:
-            raise HTTPException(400, str(exc)) from exc
-    query = DicomQuery(
-        level=Level.STUDY,
-        keys=keys,
-        include=[k for k in _SEARCH_KEYS if k not in {m.keyword for m in keys}],
-        pn_case_insensitive=ctx.settings.pn_case_insensitive,
+    rows = _search_page(
+        request, Level.STUDY, Model.STUDY_ROOT, _SEARCH_KEYS, sorted(_SEARCH_KEYS), limit, offset
     )
-    try:
-        query.validate()
-        rows = QueryEngine(ctx.archive.engine).run(query)
-        try:
-            page = [
-                {
-                    k: (v if not isinstance(v, datetime) else v.isoformat())
-                    for k, v in row.values.items()
-                }
-                for row in islice(rows, offset, offset + limit)
-            ]
-        finally:
-            rows.close()  # type: ignore[attr-defined]
-    except QueryError as exc:
-        raise HTTPException(400, str(exc)) from exc
+    page = [
+        {k: (v if not isinstance(v, datetime) else v.isoformat()) for k, v in row.items()}
+        for row in rows
+    ]
     return JSONResponse(page)
 
 
@@ -985,27 +956,48 @@ def search_patients(
 ) -> list[dict[str, Any]]:
     """Patient-level C-FIND matching (PS3.4 §C.2.2.2, Patient Root): ``PatientName=DOE*``,
     ``PatientID=...``, ``PatientBirthDate=19700101-19791231``, ``PatientSex=F``."""
-    from pacsbox.archive.query import Level, Model, QueryEngine, QueryError, match_for
+    from pacsbox.archive.query import Level, Model
+
+    return _search_page(
+        request, Level.PATIENT, Model.PATIENT_ROOT, _PATIENT_KEYS, _PATIENT_RETURN, limit, offset
+    )
+
+
+def _search_page(
+    request: Request,
+    level: Any,
+    model: Any,
+    allowed: Any,
+    returned: Any,
+    limit: int,
+    offset: int,
+) -> list[dict[str, Any]]:
+    """One page of a query-engine search (PS3.4 §C.2.2.2 matching) whose keys are the
+    request's query parameters (``limit``/``offset`` aside); unknown keys and bad values are
+    a 400. ``returned`` are the keywords answered besides the matched ones."""
     from pacsbox.archive.query import Query as DicomQuery
+    from pacsbox.archive.query import QueryEngine, QueryError, match_for
 
     ctx = context(request)
     keys = []
     for key, value in request.query_params.multi_items():
         if key in ("limit", "offset"):
             continue
-        if key not in _PATIENT_KEYS:
+        if key not in allowed:
             raise HTTPException(
-                400, f"unknown search key {key[:64]!r}; use one of " + ", ".join(_PATIENT_KEYS)
+                400,
+                f"unknown search key {key[:64]!r}; use one of " + ", ".join(sorted(allowed)),
             )
         try:
             keys.append(match_for(key, value))
         except QueryError as exc:
             raise HTTPException(400, str(exc)) from exc
+    matched = {m.keyword for m in keys}
     query = DicomQuery(
-        level=Level.PATIENT,
-        model=Model.PATIENT_ROOT,
+        level=level,
+        model=model,
         keys=keys,
-        include=[k for k in _PATIENT_RETURN if k not in {m.keyword for m in keys}],
+        include=[k for k in returned if k not in matched],
         pn_case_insensitive=ctx.settings.pn_case_insensitive,
     )
     try:
