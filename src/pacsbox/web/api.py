@@ -38,7 +38,7 @@ from pacsbox.web.auth import (
     context,
     require,
 )
-from pacsbox.web.dicomweb import BOUNDARY_RE, StowParser, parse_media_type
+from pacsbox.web.dicomweb import BOUNDARY_RE, StowParser, parse_media_type, receive_parts
 
 router = APIRouter()
 
@@ -606,8 +606,6 @@ async def upload_instances(
     ingest path like a C-STORE; the answer lists per file the DICOM status (PS3.4 §B.2.3),
     the outcome and the UIDs. 200 all stored, 202 some failed, 409 none stored (as STOW-RS,
     PS3.18 §10.5.3). Audited as one ``store`` event per study (archive/audit.py)."""
-    from python_multipart.exceptions import MultipartParseError
-
     ctx = context(request)
     media, params = parse_media_type(request.headers.get("content-type", ""))
     if media != "multipart/form-data":
@@ -623,30 +621,16 @@ async def upload_instances(
     spool.mkdir(parents=True, exist_ok=True)
     parser = StowParser(boundary, spool, limit)
     batch = StoreBatch(ctx.archive.ingest.audit, p.username, p.client, "HTTP upload")
-    results: list[dict[str, Any]] = []
-    try:
-        async for chunk in request.stream():
-            if not chunk:
-                continue
-            try:
-                parts = await run_in_threadpool(parser.feed, chunk)
-            except MultipartParseError as exc:
-                raise HTTPException(400, f"malformed multipart body: {exc}") from exc
-            for part in parts:
-                name = _part_filename(part.headers.get("content-disposition", ""))
-                if name is None:  # a plain form field
-                    with contextlib.suppress(OSError):
-                        os.unlink(part.path)
-                    continue
-                results.append(await run_in_threadpool(_store_upload, ctx, part, name, batch))
-        if parser.current is not None:
-            raise HTTPException(400, "the multipart body ends inside a part (no closing boundary)")
-    finally:
-        parser.cleanup()
-        for part in parser.done:
+
+    def store(part: Any) -> dict[str, Any] | None:
+        name = _part_filename(part.headers.get("content-disposition", ""))
+        if name is None:  # a plain form field
             with contextlib.suppress(OSError):
                 os.unlink(part.path)
-        await run_in_threadpool(batch.flush)
+            return None
+        return _store_upload(ctx, part, name, batch)
+
+    results = await receive_parts(request, parser, batch, store)
     if not results:
         raise HTTPException(400, "no file in the upload")
     stored = sum(r["status"] == "0000" for r in results)

@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -1491,30 +1491,10 @@ async def _stow(request: Request, p: Principal, study: str) -> Response:
     spool = Path(ctx.settings.data_dir) / "tmp"
     spool.mkdir(parents=True, exist_ok=True)
     parser = _StowParser(boundary, spool, limit)
-    results: list[_StowResult] = []
     batch = StoreBatch(ctx.archive.ingest.audit, p.username, p.client, "STOW-RS")
-    from python_multipart.exceptions import MultipartParseError
-
-    try:
-        async for chunk in request.stream():
-            if not chunk:
-                continue
-            try:
-                parts = await run_in_threadpool(parser.feed, chunk)
-            except MultipartParseError as exc:
-                raise HTTPException(400, f"malformed multipart body: {exc}") from exc
-            for part in parts:
-                results.append(
-                    await run_in_threadpool(_store_part, ctx, part, batch, study, part_type)
-                )
-        if parser.current is not None:
-            raise HTTPException(400, "the multipart body ends inside a part (no closing boundary)")
-    finally:
-        parser.cleanup()
-        for part in parser.done:
-            with contextlib.suppress(OSError):
-                os.unlink(part.path)
-        await run_in_threadpool(batch.flush)
+    results: list[_StowResult] = await receive_parts(
+        request, parser, batch, lambda part: _store_part(ctx, part, batch, study, part_type)
+    )
     if not results:
         raise HTTPException(400, "no part found in the multipart body (check the boundary)")
     status, body = stow_response(results, _base(request))
@@ -1524,6 +1504,39 @@ async def _stow(request: Request, p: Principal, study: str) -> Response:
         safe = "; ".join(problems).replace('"', "'").replace("\r", " ").replace("\n", " ")
         headers["Warning"] = f'299 pacsbox "{safe[:900]}"'
     return JSONResponse(body, status_code=status, media_type=DICOM_JSON, headers=headers)
+
+
+async def receive_parts(
+    request: Request, parser: _StowParser, batch: StoreBatch, store: Callable[[Any], Any]
+) -> list[Any]:
+    """Stream the request body through ``parser`` and call ``store(part)`` (in a worker
+    thread) for each complete part as soon as it is on disk; a None result is left out.
+    Malformed or unterminated bodies are a 400. Spool files are removed and the audit batch
+    written whatever happens. Shared by STOW-RS and the REST upload."""
+    from python_multipart.exceptions import MultipartParseError
+
+    results: list[Any] = []
+    try:
+        async for chunk in request.stream():
+            if not chunk:
+                continue
+            try:
+                parts = await run_in_threadpool(parser.feed, chunk)
+            except MultipartParseError as exc:
+                raise HTTPException(400, f"malformed multipart body: {exc}") from exc
+            for part in parts:
+                result = await run_in_threadpool(store, part)
+                if result is not None:
+                    results.append(result)
+        if parser.current is not None:
+            raise HTTPException(400, "the multipart body ends inside a part (no closing boundary)")
+    finally:
+        parser.cleanup()
+        for part in parser.done:
+            with contextlib.suppress(OSError):
+                os.unlink(part.path)
+        await run_in_threadpool(batch.flush)
+    return results
 
 
 @router.post("/studies", summary="STOW-RS: store instances")
