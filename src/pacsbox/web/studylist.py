@@ -15,7 +15,6 @@ a study to a registered AE, and the public UI configuration.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import ssl
@@ -30,7 +29,6 @@ from sqlalchemy import distinct, func, select
 
 from pacsbox import __version__
 from pacsbox.archive.index.writer import INSTANCE, PATIENT, SERIES, STUDY, utcnow
-from pacsbox.archive.retrieve import RetrieveRequest, RetrieveSelection
 from pacsbox.archive.storage import InvalidUID, check_uid
 from pacsbox.archive.studylist import StudyList, StudyListError, parse
 from pacsbox.web.auth import Principal, context, require
@@ -39,8 +37,6 @@ router = APIRouter()
 
 #: Languages the UI ships (SPEC E4: English first, at least one more).
 LANGUAGES = ["en", "it"]
-#: Failed instances listed by name in a forward answer (the counts are always complete).
-MAX_LISTED_ERRORS = 100
 LISTENER_CONNECT_TIMEOUT = 0.3
 
 
@@ -184,106 +180,6 @@ class ForwardBody(BaseModel):
     ae_title: str = Field(min_length=1, max_length=16)
 
 
-def forward_study(archive: Any, study_uid: str, dest: Any) -> dict[str, Any]:
-    """C-STORE every instance of a study to ``dest`` (an AEEntry) on one association.
-
-    Returns ``{"sent", "failed", "warnings", "errors"}``; raises ``AssociationFailed`` (or
-    ``OSError``/``ssl.SSLError``) when no association could be established.
-    """
-    from pacsbox.archive.transcode import (
-        TranscodeError,
-        dataset_offset,
-        plan_transfer,
-        transcode,
-    )
-    from pacsbox.dicom.scp.retrieve import client_tls_context, propose_contexts
-    from pacsbox.dicom.storage_requestor import (
-        PeerAborted,
-        StorageRequestor,
-        encode_store_rq,
-    )
-
-    settings = archive.settings
-    selection = RetrieveSelection(
-        archive.engine, archive.store.root, RetrieveRequest("STUDY", study_uids=[study_uid])
-    )
-    pairs = selection.sop_classes()
-    if not pairs:  # deleted meanwhile: nothing to send
-        return {"sent": 0, "failed": 0, "warnings": 0, "errors": []}
-    contexts = propose_contexts(pairs)
-    requestor = StorageRequestor(
-        dest.host,
-        dest.port,
-        dest.ae_title,
-        settings.ae_title,
-        contexts,
-        tls=client_tls_context(settings) if dest.tls else None,
-        timeout=settings.dimse_timeout,
-        connect_timeout=settings.acse_timeout,
-    )
-    accepted_contexts = requestor.associate()
-    by_class: dict[str, dict[str, int]] = {}
-    for cx in accepted_contexts:
-        by_class.setdefault(cx.abstract_syntax, {}).setdefault(cx.transfer_syntax, cx.context_id)
-    sent = failed = warnings = 0
-    errors: list[str] = []
-
-    def fail(uid: str, why: str) -> None:
-        nonlocal failed
-        failed += 1
-        if len(errors) < MAX_LISTED_ERRORS:
-            errors.append(f"{uid}: {why}")
-
-    broken = ""
-    message_id = 0
-    try:
-        for item in selection.iter():
-            if broken:
-                fail(item.sop_instance_uid, broken)
-                continue
-            accepted = by_class.get(item.sop_class_uid, {})
-            if not accepted:
-                fail(item.sop_instance_uid, "SOP class not accepted by the destination")
-                continue
-            message_id = message_id % 65535 + 1
-            command = encode_store_rq(message_id, item.sop_class_uid, item.sop_instance_uid)
-            plan = plan_transfer(item.transfer_syntax_uid, list(accepted))
-            try:
-                if plan.as_stored:
-                    with open(item.path, "rb") as fh:
-                        offset = dataset_offset(fh)
-                        length = os.fstat(fh.fileno()).st_size - offset
-                        try:
-                            result = requestor.store_file(
-                                accepted[item.transfer_syntax_uid], command, fh, offset, length
-                            )
-                        except OSError as exc:  # the file broke mid-send: association lost
-                            raise PeerAborted(f"reading the file: {exc}") from exc
-                else:
-                    target, data = transcode(item.path, item.transfer_syntax_uid, plan.targets)
-                    result = requestor.store_bytes(accepted[target], command, data)
-            except PeerAborted as exc:
-                requestor.abort()
-                broken = f"association ended: {exc}"
-                fail(item.sop_instance_uid, broken)
-                continue
-            except (OSError, TranscodeError) as exc:
-                fail(item.sop_instance_uid, str(exc))
-                continue
-            if result.status == 0:
-                sent += 1
-            elif result.status & 0xF000 == 0xB000:
-                warnings += 1
-            else:
-                fail(
-                    item.sop_instance_uid,
-                    f"status {result.status:04X} {result.comment}".strip(),
-                )
-    finally:
-        requestor.release()
-    return {"sent": sent, "failed": failed, "warnings": warnings, "errors": errors}
-
-
 @router.post("/studies/{study_uid}/forward", tags=["archive"], summary="Send a study to an AE")
 def forward(
     study_uid: str,
@@ -294,6 +190,7 @@ def forward(
     """C-STORE the study to a registered destination AE, synchronously. 404 for an unknown
     study or AE, 409 when the AE is disabled or not a destination, 502 when the association
     fails. Audited as an export."""
+    from pacsbox.dicom.forward import forward_study
     from pacsbox.dicom.storage_requestor import AssociationFailed
 
     ctx = context(request)

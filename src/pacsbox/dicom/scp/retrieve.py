@@ -205,6 +205,81 @@ class _Operation:
         return bool(self.service.assoc.is_established)
 
 
+class NotSent(Exception):
+    """A stored instance could not be offered to the destination (message: why)."""
+
+
+def connect_destination(
+    settings: Any, dest: Any, sop_classes: list[tuple[str, str]]
+) -> tuple[StorageRequestor, dict[str, dict[str, int]]]:
+    """An association to ``dest`` (an AE registry entry) proposing contexts for the stored
+    (SOP class, transfer syntax) pairs (PS3.4 §C.4.2.3.1 sub-operations, or a forward), and
+    the accepted contexts as SOP class → {transfer syntax: context id}. Raises
+    ``AssociationFailed``, ``OSError`` or ``ssl.SSLError``."""
+    requestor = StorageRequestor(
+        dest.host,
+        dest.port,
+        dest.ae_title,
+        settings.ae_title,
+        propose_contexts(sop_classes),
+        tls=client_tls_context(settings) if dest.tls else None,
+        timeout=settings.dimse_timeout,
+        connect_timeout=settings.acse_timeout,
+    )
+    accepted = requestor.associate()
+    by_class: dict[str, dict[str, int]] = defaultdict(dict)
+    for cx in accepted:
+        by_class[cx.abstract_syntax].setdefault(cx.transfer_syntax, cx.context_id)
+    return requestor, by_class
+
+
+def send_stored(
+    requestor: StorageRequestor,
+    by_class: dict[str, dict[str, int]],
+    item: RetrieveItem,
+    message_id: int,
+    originator_ae: str | None = None,
+    originator_id: int | None = None,
+) -> Any:
+    """One C-STORE of a stored instance (PS3.4 §B.2): the file's data set as stored when the
+    destination accepted its transfer syntax, else transcoded (archive/transcode.py).
+    Returns the StoreResult; raises :class:`NotSent` when it could not be attempted (class not
+    accepted, file unreadable, transcoding failed) and ``PeerAborted`` when the association
+    is lost."""
+    accepted = by_class.get(item.sop_class_uid, {})
+    if not accepted:
+        raise NotSent("SOP class not accepted by the destination")
+    plan = plan_transfer(item.transfer_syntax_uid, list(accepted))
+    command = encode_store_rq(
+        message_id,
+        item.sop_class_uid,
+        item.sop_instance_uid,
+        originator_ae=originator_ae,
+        originator_id=originator_id,
+    )
+    if plan.as_stored:
+        try:
+            fh = open(item.path, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise NotSent(f"unreadable: {exc}") from exc
+        with fh:
+            try:
+                offset = dataset_offset(fh)
+                length = os.fstat(fh.fileno()).st_size - offset
+            except OSError as exc:
+                raise NotSent(f"unreadable: {exc}") from exc
+            cx = accepted[item.transfer_syntax_uid]
+            try:
+                return requestor.store_file(cx, command, fh, offset, length)
+            except OSError as exc:  # the file broke while we sent it: association lost
+                raise PeerAborted(f"reading {item.path.name}: {exc}") from exc
+    try:
+        target, data = transcode(item.path, item.transfer_syntax_uid, plan.targets)
+    except TranscodeError as exc:
+        raise NotSent(str(exc)) from exc
+    return requestor.store_bytes(accepted[target], command, data)
+
+
 class RetrieveSCP:
     """Binds C-MOVE/C-GET requests to the archive's instances and the AE registry."""
 
@@ -332,38 +407,23 @@ class RetrieveSCP:
     def _move(
         self, op: _Operation, selection: RetrieveSelection, counts: Counts, dest: Any
     ) -> Counts:
-        settings = self.archive.settings
-        contexts = propose_contexts(selection.sop_classes())
+        sop_classes = selection.sop_classes()
         try:
-            tls = client_tls_context(settings) if dest.tls else None
-            requestor = StorageRequestor(
-                dest.host,
-                dest.port,
-                dest.ae_title,
-                settings.ae_title,
-                contexts,
-                tls=tls,
-                timeout=settings.dimse_timeout,
-                connect_timeout=settings.acse_timeout,
-            )
-            accepted = requestor.associate()
+            requestor, by_class = connect_destination(self.archive.settings, dest, sop_classes)
         except (AssociationFailed, OSError, ssl.SSLError) as exc:
             log.warning("C-MOVE to %s: %s", dest.ae_title, exc)
             counts.failed = counts.total
             op.respond(OUT_OF_RESOURCES_SUBOPS, counts, str(exc))
             return counts
-        by_class: dict[str, dict[str, int]] = defaultdict(dict)
-        for cx in accepted:
-            by_class[cx.abstract_syntax].setdefault(cx.transfer_syntax, cx.context_id)
         log.info(
-            "C-MOVE from %s to %s@%s:%s: %d instances, %d/%d contexts accepted",
+            "C-MOVE from %s to %s@%s:%s: %d instances, %d contexts accepted for %d stored pairs",
             op.calling_ae,
             dest.ae_title,
             dest.host,
             dest.port,
             counts.total,
-            len(accepted),
-            len(contexts),
+            sum(len(v) for v in by_class.values()),
+            len(sop_classes),
         )
         message_id = 0
         cancelled = broken = False
@@ -408,40 +468,18 @@ class RetrieveSCP:
         op: _Operation,
     ) -> int | None:
         """One C-STORE sub-operation; None when it could not be attempted."""
-        accepted = by_class.get(item.sop_class_uid, {})
-        plan = plan_transfer(item.transfer_syntax_uid, list(accepted))
-        command = encode_store_rq(
-            message_id,
-            item.sop_class_uid,
-            item.sop_instance_uid,
-            originator_ae=op.calling_ae,
-            originator_id=int(op.req.MessageID),
-        )
-        if plan.as_stored:
-            try:
-                fh = open(item.path, "rb")  # noqa: SIM115 - closed below
-            except OSError as exc:
-                log.warning("C-MOVE: %s unreadable: %s", item.sop_instance_uid, exc)
-                return None
-            with fh:
-                try:
-                    offset = dataset_offset(fh)
-                    length = os.fstat(fh.fileno()).st_size - offset
-                except OSError as exc:
-                    log.warning("C-MOVE: %s unreadable: %s", item.sop_instance_uid, exc)
-                    return None
-                cx = accepted[item.transfer_syntax_uid]
-                try:
-                    result = requestor.store_file(cx, command, fh, offset, length)
-                except OSError as exc:  # the file broke while we sent it: association lost
-                    raise PeerAborted(f"reading {item.path.name}: {exc}") from exc
-        else:
-            try:
-                target, data = transcode(item.path, item.transfer_syntax_uid, plan.targets)
-            except TranscodeError as exc:
-                log.warning("C-MOVE: cannot send %s: %s", item.sop_instance_uid, exc)
-                return None
-            result = requestor.store_bytes(accepted[target], command, data)
+        try:
+            result = send_stored(
+                requestor,
+                by_class,
+                item,
+                message_id,
+                originator_ae=op.calling_ae,
+                originator_id=int(op.req.MessageID),
+            )
+        except NotSent as exc:
+            log.warning("C-MOVE: cannot send %s: %s", item.sop_instance_uid, exc)
+            return None
         if result.status != SUCCESS:
             log.info(
                 "C-MOVE: %s answered %#06x for %s %s",
